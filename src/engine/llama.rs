@@ -1,0 +1,196 @@
+//! The LLaMA 2 forward pass with explicit state: caches and masks go in as values, new KV comes out.
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_transformers::quantized_nn::RmsNorm;
+
+use super::attention::{attend, AttentionInput};
+use super::kv::{KvCache, LayerKv};
+use super::load::{GgufFile, Hparams, LoadError};
+use super::matmul::Linear;
+
+struct Block {
+    attn_norm: RmsNorm,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: RmsNorm,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// Precomputed rotary tables `[context_length, head_dim / 2]`.
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// One forward step over a padded batch.
+pub struct Step<'a> {
+    /// Token ids `[b, t]` (u32).
+    pub tokens: &'a Tensor,
+    /// Absolute position of every token `[b, t]` (u32), for the rotary embedding.
+    pub positions: &'a Tensor,
+    /// A prefix every row continues (batch 1), read-only.
+    pub shared: Option<&'a KvCache>,
+    /// Per-row keys from an earlier pass (batch b), placed before this step's own keys.
+    pub context: Option<&'a KvCache>,
+    /// Additive mask `[b, t, ctx + t]` over the per-row keys (context, then this step's tokens).
+    pub mask: &'a Tensor,
+    /// Return this step's keys and values (for a later pass that continues these rows).
+    pub keep_kv: bool,
+}
+
+/// What a step produces.
+pub struct StepOutput {
+    /// Final hidden states before the output norm, `[b, t, dim]`.
+    pub hidden: Tensor,
+    /// This step's keys and values, when asked for.
+    pub kv: Option<KvCache>,
+}
+
+/// LLaMA weights loaded from GGUF.
+pub struct Llama {
+    hp: Hparams,
+    device: Device,
+    tok_embd: QTensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    output: Linear,
+    rope: Rope,
+}
+
+impl Llama {
+    /// Reads every tensor of `file` onto `device`.
+    pub fn load(file: &mut GgufFile, device: &Device) -> std::result::Result<Self, LoadError> {
+        let hp = file.hparams.clone();
+        let (dim, hd, kvd) = (hp.dim, hp.head_dim(), hp.n_kv_heads * hp.head_dim());
+        let candle_err = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| LoadError::Candle { path: path.clone(), source }
+        };
+        let path = file.path().to_path_buf();
+        let lin = |f: &mut GgufFile, name: String, shape: [usize; 2]| -> std::result::Result<Linear, LoadError> {
+            let t = f.tensor(&name, &shape, device)?;
+            Linear::new(t).map_err(candle_err(&path))
+        };
+        let norm = |f: &mut GgufFile, name: String| -> std::result::Result<RmsNorm, LoadError> {
+            let t = f.tensor(&name, &[dim], device)?;
+            RmsNorm::from_qtensor(t, hp.rms_eps).map_err(candle_err(&path))
+        };
+        let tok_embd = file.tensor("token_embd.weight", &[hp.vocab_size, dim], device)?;
+        let mut blocks = Vec::with_capacity(hp.n_layers);
+        for i in 0..hp.n_layers {
+            let p = format!("blk.{i}");
+            blocks.push(Block {
+                attn_norm: norm(file, format!("{p}.attn_norm.weight"))?,
+                wq: lin(file, format!("{p}.attn_q.weight"), [dim, dim])?,
+                wk: lin(file, format!("{p}.attn_k.weight"), [kvd, dim])?,
+                wv: lin(file, format!("{p}.attn_v.weight"), [kvd, dim])?,
+                wo: lin(file, format!("{p}.attn_output.weight"), [dim, dim])?,
+                ffn_norm: norm(file, format!("{p}.ffn_norm.weight"))?,
+                w_gate: lin(file, format!("{p}.ffn_gate.weight"), [hp.ffn_dim, dim])?,
+                w_up: lin(file, format!("{p}.ffn_up.weight"), [hp.ffn_dim, dim])?,
+                w_down: lin(file, format!("{p}.ffn_down.weight"), [dim, hp.ffn_dim])?,
+            });
+        }
+        let norm_w = norm(file, "output_norm.weight".into())?;
+        // Models with tied embeddings ship no output matrix: the embedding doubles as the LM head.
+        let out_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let output = lin(file, out_name.into(), [hp.vocab_size, dim])?;
+        let rope = Rope::new(&hp, hd, device).map_err(candle_err(&path))?;
+        Ok(Self { hp, device: device.clone(), tok_embd, blocks, norm: norm_w, output, rope })
+    }
+
+    /// Hyper-parameters.
+    pub fn hparams(&self) -> &Hparams {
+        &self.hp
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs every block over `step` and returns the final hidden states (and KV when asked).
+    pub fn forward(&self, step: &Step) -> Result<StepOutput> {
+        let (b, t) = step.tokens.dims2()?;
+        let (hd, n_kv) = (self.hp.head_dim(), self.hp.n_kv_heads);
+        let group = self.hp.n_heads / n_kv;
+        let mut x = self.tok_embd.embedding(&step.tokens.flatten_all()?)?.reshape((b, t, self.hp.dim))?;
+        let (cos, sin) = self.rope.at(step.positions)?;
+        let mask = step.mask.unsqueeze(1)?.unsqueeze(1)?;
+        let mut kept = Vec::with_capacity(if step.keep_kv { self.blocks.len() } else { 0 });
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let h = blk.attn_norm.forward(&x)?;
+            // [b, t, heads * hd] -> [b, heads, t, hd]: query head h pairs with kv head h / group.
+            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let q = candle_nn::rotary_emb::rope_i(&heads(blk.wq.forward(&h)?, self.hp.n_heads)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&heads(blk.wk.forward(&h)?, n_kv)?, &cos, &sin)?;
+            let v = heads(blk.wv.forward(&h)?, n_kv)?;
+            let rows = match step.context {
+                Some(ctx) => {
+                    let c = &ctx.layers[i];
+                    LayerKv { k: Tensor::cat(&[&c.k, &k], 2)?, v: Tensor::cat(&[&c.v, &v], 2)? }
+                }
+                None => LayerKv { k: k.clone(), v: v.clone() },
+            };
+            let q = q.reshape((b, n_kv, group * t, hd))?;
+            let shared = step.shared.map(|s| &s.layers[i]);
+            let o = attend(&AttentionInput { q: &q, shared, rows: &rows, mask: &mask, group })?;
+            let o = o.reshape((b, self.hp.n_heads, t, hd))?.transpose(1, 2)?.reshape((b, t, self.hp.dim))?;
+            x = (x + blk.wo.forward(&o)?)?;
+            let h = blk.ffn_norm.forward(&x)?;
+            let gate = candle_nn::ops::silu(&blk.w_gate.forward(&h)?)?;
+            x = (x + blk.w_down.forward(&(gate * blk.w_up.forward(&h)?)?)?)?;
+            if step.keep_kv {
+                kept.push(LayerKv { k, v });
+            }
+        }
+        let kv = step.keep_kv.then_some(KvCache { layers: kept });
+        Ok(StepOutput { hidden: x, kv })
+    }
+
+    /// Log-probabilities over the full vocabulary for selected rows of `hidden` (`[b, t, dim]`,
+    /// flat indices `row * t + pos`): only these positions go through the output norm and LM head.
+    pub fn log_probs_at(&self, hidden: &Tensor, flat_positions: &[u32]) -> Result<Tensor> {
+        let (b, t, dim) = hidden.dims3()?;
+        let idx = Tensor::from_slice(flat_positions, flat_positions.len(), &self.device)?;
+        let h = hidden.reshape((b * t, dim))?.index_select(&idx, 0)?;
+        let logits = self.output.forward(&self.norm.forward(&h)?)?;
+        candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 1)
+    }
+}
+
+impl Rope {
+    fn new(hp: &Hparams, hd: usize, device: &Device) -> Result<Self> {
+        let inv: Vec<f32> =
+            (0..hd / 2).map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hd as f32)).collect();
+        let n = hp.context_length;
+        let mut cos = Vec::with_capacity(n * hd / 2);
+        let mut sin = Vec::with_capacity(n * hd / 2);
+        for pos in 0..n {
+            for f in &inv {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, hd / 2), device)?,
+            sin: Tensor::from_vec(sin, (n, hd / 2), device)?,
+        })
+    }
+
+    /// Tables for positions `[b, t]`, shaped `[b, t, hd / 2]`.
+    fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
+        Ok((cos, sin))
+    }
+}

@@ -1,0 +1,228 @@
+//! The model side: load a LLaMA GGUF, cache task prefixes, run padded batches, score labels.
+//!
+//! A batch is scored in at most two forward passes over the document tokens only:
+//! 1. `document + suffix` for every row on top of the shared prefix KV; log-probabilities are taken
+//!    at each row's last real position (the label's first token).
+//! 2. Only when some label has several tokens: the label trie's internal nodes for every row, on top
+//!    of the prefix and the row's own KV from pass 1, under a tree mask.
+
+pub mod attention;
+pub mod kv;
+pub mod llama;
+pub mod load;
+pub mod mask;
+pub mod matmul;
+pub mod prefix_cache;
+pub mod prepared;
+pub mod scoring;
+pub mod tokenizer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use crate::task::{TaskError, TaskSpec};
+use kv::KvCache;
+use llama::{Llama, Step};
+use load::{GgufFile, Hparams, LoadError};
+use prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
+use prepared::PreparedTask;
+use scoring::LabelScores;
+use tokenizer::TextTokenizer;
+
+/// A forward pass failed (out of memory, a device error): transient from the pipeline's view.
+#[derive(Debug, thiserror::Error)]
+#[error("engine error: {0}")]
+pub struct EngineError(#[from] candle_core::Error);
+
+/// The model, its tokenizer and the prefix cache.
+pub struct Engine {
+    model: Llama,
+    tokenizer: TextTokenizer,
+    prefix_cache: PrefixCache,
+    model_id: String,
+    model_name: String,
+    quant: candle_core::quantized::GgmlDType,
+}
+
+/// Facts about the loaded model, for results and `bench`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    /// File name of the GGUF.
+    pub name: String,
+    /// Hash of the GGUF header and size.
+    pub id: String,
+    /// Weight quantisation.
+    pub quant: String,
+    /// Hyper-parameters.
+    pub hparams: Hparams,
+}
+
+impl Engine {
+    /// Loads the GGUF at `model` and the tokenizer at `tokenizer` onto `device`.
+    pub fn load(model: &Path, tokenizer: &Path, device: &Device) -> Result<Self, LoadError> {
+        let mut file = GgufFile::open(model)?;
+        let tokenizer = TextTokenizer::load(tokenizer, file.hparams.vocab_size)?;
+        let llama = Llama::load(&mut file, device)?;
+        let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Self {
+            model: llama,
+            tokenizer,
+            prefix_cache: PrefixCache::new(64),
+            model_id: file.model_id.clone(),
+            model_name,
+            quant: file.quant,
+        })
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.model_name.clone(),
+            id: self.model_id.clone(),
+            quant: format!("{:?}", self.quant),
+            hparams: self.model.hparams().clone(),
+        }
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Prefix cache counters.
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        self.prefix_cache.stats()
+    }
+
+    /// Tokenises a task for this model.
+    pub fn prepare(&self, spec: &TaskSpec) -> Result<PreparedTask, TaskError> {
+        let hp = self.model.hparams();
+        PreparedTask::new(spec, &self.tokenizer, hp.bos_token_id, hp.context_length)
+    }
+
+    /// Runs (or fetches) the KV cache of `task`'s prefix.
+    pub fn prefix_kv(&self, task: &PreparedTask) -> Result<Arc<KvCache>, EngineError> {
+        let key = prefix_key(&self.model_id, &task.prefix_ids);
+        self.prefix_cache.get_or_compute(key, || {
+            let ids = &task.prefix_ids;
+            let out = self.run_rows(None, 0, &[ids.as_slice()], true)?;
+            Ok(out.1.expect("keep_kv was requested"))
+        })
+    }
+
+    /// Scores documents (already fitted token ids) on top of the task's cached prefix.
+    pub fn score(&self, task: &PreparedTask, docs: &[&[u32]]) -> Result<Vec<LabelScores>, EngineError> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prefix = self.prefix_kv(task)?;
+        let rows: Vec<Vec<u32>> = docs.iter().map(|d| [*d, &task.suffix_ids].concat()).collect();
+        self.score_rows(task, Some(&prefix), task.prefix_ids.len(), &rows)
+    }
+
+    /// Scores one document with no prefix cache: the whole prompt in a single forward pass.
+    /// Slower; it exists to check the cached path against.
+    pub fn score_uncached(&self, task: &PreparedTask, doc: &[u32]) -> Result<LabelScores, EngineError> {
+        let row = [&task.prefix_ids, doc, &task.suffix_ids].concat();
+        let mut out = self.score_rows(task, None, 0, &[row])?;
+        Ok(out.pop().expect("one row in, one score out"))
+    }
+
+    fn score_rows(
+        &self,
+        task: &PreparedTask,
+        shared: Option<&KvCache>,
+        start: usize,
+        rows: &[Vec<u32>],
+    ) -> Result<Vec<LabelScores>, EngineError> {
+        let dev = self.model.device();
+        let trie = &task.trie;
+        let row_refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (hidden, kv) = self.run_rows(shared, start, &row_refs, trie.has_continuations())?;
+        let t = hidden.dim(1)?;
+        let last: Vec<u32> = rows.iter().enumerate().map(|(r, row)| (r * t + row.len() - 1) as u32).collect();
+        let first_cols = Tensor::from_slice(&trie.first_tokens, trie.first_tokens.len(), dev)?;
+        let first = self.model.log_probs_at(&hidden, &last)?.index_select(&first_cols, 1)?.to_vec2::<f32>()?;
+
+        // Second pass: every internal trie node for every row, continuing that row's own KV.
+        let steps = match kv {
+            Some(kv) => Some(self.run_label_trie(task, shared, start, rows, &kv)?),
+            None => None,
+        };
+        let n = trie.nodes.len();
+        Ok((0..rows.len())
+            .map(|r| {
+                let step = |node: usize, j: usize| steps.as_ref().expect("trie pass ran")[r * n + node][j];
+                trie.score(&first[r], step, task.temperature)
+            })
+            .collect())
+    }
+
+    /// Forward over right-padded rows starting at absolute position `start` after `shared`.
+    /// Returns hidden states `[b, t, dim]` and, when `keep_kv`, the rows' KV.
+    fn run_rows(
+        &self,
+        shared: Option<&KvCache>,
+        start: usize,
+        rows: &[&[u32]],
+        keep_kv: bool,
+    ) -> Result<(Tensor, Option<KvCache>), EngineError> {
+        let dev = self.model.device();
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let b = rows.len();
+        let mut tokens = vec![0u32; b * t];
+        for (r, row) in rows.iter().enumerate() {
+            tokens[r * t..r * t + row.len()].copy_from_slice(row);
+        }
+        let positions: Vec<u32> = (0..b).flat_map(|_| (0..t).map(|i| (start + i) as u32)).collect();
+        let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let tokens = Tensor::from_vec(tokens, (b, t), dev)?;
+        let positions = Tensor::from_vec(positions, (b, t), dev)?;
+        let mask = mask::causal_padding(&lens, t, dev)?;
+        let out = self.model.forward(&Step {
+            tokens: &tokens,
+            positions: &positions,
+            shared,
+            context: None,
+            mask: &mask,
+            keep_kv,
+        })?;
+        Ok((out.hidden, out.kv))
+    }
+
+    /// The label pass: returns, for every `row * nodes + node`, log-probs of `trie.step_tokens`.
+    fn run_label_trie(
+        &self,
+        task: &PreparedTask,
+        shared: Option<&KvCache>,
+        start: usize,
+        rows: &[Vec<u32>],
+        ctx: &KvCache,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let dev = self.model.device();
+        let trie = &task.trie;
+        let (b, n, ctx_len) = (rows.len(), trie.nodes.len(), ctx.seq_len());
+        let tokens: Vec<u32> = (0..b).flat_map(|_| trie.nodes.iter().map(|nd| nd.token)).collect();
+        let positions: Vec<u32> = rows
+            .iter()
+            .flat_map(|row| trie.nodes.iter().map(move |nd| (start + row.len() + nd.depth - 1) as u32))
+            .collect();
+        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let mask = mask::context_and_tree(&lens, ctx_len, &trie.ancestors(), dev)?;
+        let tokens = Tensor::from_vec(tokens, (b, n), dev)?;
+        let positions = Tensor::from_vec(positions, (b, n), dev)?;
+        let out = self.model.forward(&Step {
+            tokens: &tokens,
+            positions: &positions,
+            shared,
+            context: Some(ctx),
+            mask: &mask,
+            keep_kv: false,
+        })?;
+        let all: Vec<u32> = (0..(b * n) as u32).collect();
+        let cols = Tensor::from_slice(&trie.step_tokens, trie.step_tokens.len(), dev)?;
+        Ok(self.model.log_probs_at(&out.hidden, &all)?.index_select(&cols, 1)?.to_vec2::<f32>()?)
+    }
+}

@@ -1,0 +1,176 @@
+//! A task tokenised for one model: prefix and suffix ids, label token sequences, truncation.
+
+use crate::task::{TaskError, TaskSpec, Truncation};
+
+use super::scoring::LabelTrie;
+use super::tokenizer::TextTokenizer;
+
+/// A task ready to run: everything the engine needs, as token ids.
+#[derive(Debug, Clone)]
+pub struct PreparedTask {
+    /// Task name.
+    pub name: String,
+    /// BOS plus the tokens of everything before the document (the cached part).
+    pub prefix_ids: Vec<u32>,
+    /// Tokens between the document and the label.
+    pub suffix_ids: Vec<u32>,
+    /// Label names, in task order.
+    pub labels: Vec<String>,
+    /// Each label's continuation tokens.
+    pub label_ids: Vec<Vec<u32>>,
+    /// The labels as a token trie.
+    pub trie: LabelTrie,
+    /// Longest document in tokens.
+    pub max_doc_tokens: usize,
+    /// Policy for longer documents.
+    pub truncation: Truncation,
+    /// Softmax temperature over the labels.
+    pub temperature: f32,
+}
+
+/// Why a document cannot be classified under a task. Each has a stable `code()`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DocError {
+    /// The text is empty or only whitespace.
+    #[error("the document text is empty")]
+    EmptyText,
+    /// Longer than `max_doc_tokens` under the `reject` policy.
+    #[error("the document has {tokens} tokens; task '{task}' allows {max} and rejects longer documents")]
+    TokenLimitExceeded {
+        /// The task.
+        task: String,
+        /// Document tokens.
+        tokens: usize,
+        /// The task's limit.
+        max: usize,
+    },
+    /// The tokenizer failed on this text.
+    #[error("{0}")]
+    Tokenize(String),
+}
+
+impl DocError {
+    /// The stable error code (dead-letter reason, metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::EmptyText => "empty_text",
+            Self::TokenLimitExceeded { .. } => "token_limit_exceeded",
+            Self::Tokenize(_) => "tokenize_failed",
+        }
+    }
+}
+
+/// A document's tokens after the truncation policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FittedDoc {
+    /// The tokens to run.
+    pub ids: Vec<u32>,
+    /// Tokens the document had before truncation.
+    pub original_tokens: usize,
+    /// Whether tokens were dropped.
+    pub truncated: bool,
+}
+
+impl PreparedTask {
+    /// Tokenises `spec` with `tok`; `bos` starts the prefix; `context_length` bounds the prompt.
+    pub fn new(spec: &TaskSpec, tok: &TextTokenizer, bos: u32, context_length: usize) -> Result<Self, TaskError> {
+        let invalid = |reason: String| TaskError::Invalid { task: spec.name.clone(), reason };
+        let parts = spec.prompt()?;
+        let enc = |s: &str| tok.encode(s).map_err(|e| invalid(e.to_string()));
+        let mut prefix_ids = vec![bos];
+        if !parts.prefix.is_empty() {
+            prefix_ids.extend(enc(&parts.prefix)?);
+        }
+        let suffix_ids = if parts.suffix.is_empty() { Vec::new() } else { enc(&parts.suffix)? };
+        let mut label_ids = Vec::with_capacity(spec.labels.len());
+        for l in &spec.labels {
+            let ids = label_tokens(tok, &parts.suffix, &l.verbaliser()).map_err(|e| invalid(e.to_string()))?;
+            if ids.is_empty() {
+                return Err(invalid(format!("label '{}' tokenises to nothing", l.name())));
+            }
+            if let Some(j) = label_ids.iter().position(|x: &Vec<u32>| *x == ids) {
+                return Err(invalid(format!(
+                    "labels '{}' and '{}' have the same tokens {:?}: the model cannot tell them apart",
+                    spec.labels[j].name(),
+                    l.name(),
+                    ids
+                )));
+            }
+            label_ids.push(ids);
+        }
+        let trie = LabelTrie::new(&label_ids);
+        let needed = prefix_ids.len() + spec.max_doc_tokens + suffix_ids.len() + trie.max_depth();
+        if needed > context_length {
+            return Err(invalid(format!(
+                "prefix ({}) + max_doc_tokens ({}) + suffix ({}) + longest label ({}) = {needed} tokens, \
+                 more than the model's context of {context_length}",
+                prefix_ids.len(),
+                spec.max_doc_tokens,
+                suffix_ids.len(),
+                trie.max_depth()
+            )));
+        }
+        Ok(Self {
+            name: spec.name.clone(),
+            prefix_ids,
+            suffix_ids,
+            labels: spec.labels.iter().map(|l| l.name().to_string()).collect(),
+            label_ids,
+            trie,
+            max_doc_tokens: spec.max_doc_tokens,
+            truncation: spec.truncation,
+            temperature: spec.temperature,
+        })
+    }
+
+    /// Applies the truncation policy to a document's tokens.
+    pub fn fit(&self, mut ids: Vec<u32>) -> Result<FittedDoc, DocError> {
+        let n = ids.len();
+        if n == 0 {
+            return Err(DocError::EmptyText);
+        }
+        if n <= self.max_doc_tokens {
+            return Ok(FittedDoc { ids, original_tokens: n, truncated: false });
+        }
+        match self.truncation {
+            Truncation::Head => ids.truncate(self.max_doc_tokens),
+            Truncation::Tail => {
+                ids.drain(..n - self.max_doc_tokens);
+            }
+            Truncation::Reject => {
+                return Err(DocError::TokenLimitExceeded { task: self.name.clone(), tokens: n, max: self.max_doc_tokens })
+            }
+        }
+        Ok(FittedDoc { ids, original_tokens: n, truncated: true })
+    }
+
+    /// Tokenises and fits a document text.
+    pub fn encode_doc(&self, tok: &TextTokenizer, text: &str) -> Result<FittedDoc, DocError> {
+        if text.trim().is_empty() {
+            return Err(DocError::EmptyText);
+        }
+        let ids = tok.encode(text).map_err(|e| DocError::Tokenize(e.to_string()))?;
+        self.fit(ids)
+    }
+}
+
+/// The tokens of `verbaliser` as the model sees them right after `suffix`: tokenise both together and
+/// keep what follows the suffix's own tokens. Falls back to the verbaliser alone when the joint
+/// tokenisation merges across the boundary.
+fn label_tokens(
+    tok: &TextTokenizer,
+    suffix: &str,
+    verbaliser: &str,
+) -> Result<Vec<u32>, super::tokenizer::TokenizeError> {
+    if suffix.is_empty() {
+        return tok.encode(verbaliser);
+    }
+    let alone = tok.encode(suffix)?;
+    let joint = tok.encode(&format!("{suffix}{verbaliser}"))?;
+    if joint.len() > alone.len() && joint[..alone.len()] == alone[..] {
+        Ok(joint[alone.len()..].to_vec())
+    } else {
+        tracing::warn!(suffix, verbaliser, "label tokenisation merges with the suffix; scoring the label tokenised alone");
+        tok.encode(verbaliser)
+    }
+}

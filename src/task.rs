@@ -1,0 +1,341 @@
+//! A classification task: a prompt template split into a cached prefix, a document slot and a suffix,
+//! plus the labels the model chooses between. Defined in TOML.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The document placeholder in a template.
+pub const TEXT_SLOT: &str = "{{text}}";
+/// Expands to the comma-separated label names in a template or instruction.
+pub const LABELS_SLOT: &str = "{{labels}}";
+
+/// A task file: `[[task]]` tables.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskFile {
+    /// The tasks, in file order.
+    pub task: Vec<TaskSpec>,
+}
+
+/// One task as written in TOML.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Unique name; messages select a task by it.
+    pub name: String,
+    /// A raw prompt with exactly one `{{text}}`; mutually exclusive with `preset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// A prompt format that builds the template from `system`, `instruction` and `examples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<Preset>,
+    /// The system prompt (presets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The instruction (presets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+    /// Few-shot examples (presets only); rendered into the cached prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<Example>,
+    /// Text after which the model names the label (presets only).
+    #[serde(default = "default_answer_prefix")]
+    pub answer_prefix: String,
+    /// The labels.
+    pub labels: Vec<LabelSpec>,
+    /// Longest document, in tokens, before the truncation policy applies.
+    #[serde(default = "default_max_doc_tokens")]
+    pub max_doc_tokens: usize,
+    /// What to do with a longer document.
+    #[serde(default)]
+    pub truncation: Truncation,
+    /// Softmax temperature applied to label log-probabilities (1 = the model's own).
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+}
+
+/// A prompt format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Preset {
+    /// `[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction} ... [/INST] {answer_prefix}`.
+    #[serde(rename = "llama2-chat")]
+    Llama2Chat,
+    /// Plain completion: `{instruction}\n\n... Text: {{text}}\n{answer_prefix}`.
+    #[serde(rename = "plain")]
+    Plain,
+}
+
+/// A few-shot example.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    /// The example document.
+    pub text: String,
+    /// Its label name.
+    pub label: String,
+}
+
+/// A label: a bare name, or a name with the text the model would say for it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum LabelSpec {
+    /// `"billing"`: the model says " billing".
+    Name(String),
+    /// `{ name = "billing", verbaliser = " Billing" }`.
+    Full {
+        /// The label name in results.
+        name: String,
+        /// The continuation text scored after the suffix (default: a space and the name).
+        #[serde(default)]
+        verbaliser: Option<String>,
+    },
+}
+
+impl LabelSpec {
+    /// The name reported in results.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(n) | Self::Full { name: n, .. } => n,
+        }
+    }
+
+    /// The text the model is scored on saying after the suffix.
+    pub fn verbaliser(&self) -> String {
+        match self {
+            Self::Full { verbaliser: Some(v), .. } => v.clone(),
+            _ => format!(" {}", self.name()),
+        }
+    }
+}
+
+/// What happens to a document longer than `max_doc_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Truncation {
+    /// Keep the first `max_doc_tokens` tokens (the head); drop the rest.
+    #[default]
+    Head,
+    /// Keep the last `max_doc_tokens` tokens (the tail).
+    Tail,
+    /// Refuse the document (`token_limit_exceeded`).
+    Reject,
+}
+
+/// The prompt around the document: `prefix + document + suffix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptParts {
+    /// Everything before the document: computed once, cached.
+    pub prefix: String,
+    /// Everything after the document, before the label.
+    pub suffix: String,
+}
+
+/// A task file or task that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The file could not be read.
+    #[error("cannot read task file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid.
+    #[error("task file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        source: Box<toml::de::Error>,
+    },
+    /// A task is inconsistent.
+    #[error("task '{task}': {reason}")]
+    Invalid {
+        /// The task name.
+        task: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn default_answer_prefix() -> String {
+    "Label:".into()
+}
+fn default_max_doc_tokens() -> usize {
+    512
+}
+fn default_temperature() -> f32 {
+    1.0
+}
+
+impl TaskFile {
+    /// Reads and validates a task file.
+    pub fn load(path: &Path) -> Result<Self, TaskError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io { path: p.clone(), source })?;
+        Self::parse(&text, &p)
+    }
+
+    /// Parses and validates TOML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TaskError> {
+        let file: TaskFile =
+            toml::from_str(text).map_err(|e| TaskError::Parse { path: origin.into(), source: Box::new(e) })?;
+        if file.task.is_empty() {
+            return Err(TaskError::Invalid { task: String::new(), reason: "the file defines no [[task]]".into() });
+        }
+        let mut seen = HashSet::new();
+        for t in &file.task {
+            t.validate()?;
+            if !seen.insert(t.name.as_str()) {
+                return Err(t.invalid("the name is used by two tasks"));
+            }
+        }
+        Ok(file)
+    }
+}
+
+impl TaskSpec {
+    fn invalid(&self, reason: impl Into<String>) -> TaskError {
+        TaskError::Invalid { task: self.name.clone(), reason: reason.into() }
+    }
+
+    /// Checks the task on its own (names, labels, template, numbers).
+    pub fn validate(&self) -> Result<(), TaskError> {
+        if self.name.trim().is_empty() {
+            return Err(self.invalid("the name is empty"));
+        }
+        if self.labels.len() < 2 {
+            return Err(self.invalid("a task needs at least two labels"));
+        }
+        let mut names = HashSet::new();
+        for l in &self.labels {
+            if l.name().is_empty() || !names.insert(l.name()) {
+                return Err(self.invalid(format!("label '{}' is empty or repeated", l.name())));
+            }
+            if l.verbaliser().is_empty() {
+                return Err(self.invalid(format!("label '{}' has an empty verbaliser", l.name())));
+            }
+        }
+        for e in &self.examples {
+            if !names.contains(e.label.as_str()) {
+                return Err(self.invalid(format!("example label '{}' is not one of the labels", e.label)));
+            }
+        }
+        if self.max_doc_tokens == 0 {
+            return Err(self.invalid("max_doc_tokens must be at least 1"));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(self.invalid("temperature must be a positive number"));
+        }
+        self.prompt().map(|_| ())
+    }
+
+    /// Splits the rendered template at `{{text}}`.
+    pub fn prompt(&self) -> Result<PromptParts, TaskError> {
+        let template = match (&self.template, self.preset) {
+            (Some(_), Some(_)) => return Err(self.invalid("set either `template` or `preset`, not both")),
+            (None, None) => return Err(self.invalid("set `template` (with {{text}}) or `preset`")),
+            (Some(t), None) => {
+                if self.system.is_some() || self.instruction.is_some() || !self.examples.is_empty() {
+                    return Err(self.invalid("`system`, `instruction` and `examples` need a `preset`"));
+                }
+                t.clone()
+            }
+            (None, Some(p)) => self.render_preset(p),
+        };
+        let template = template.replace(LABELS_SLOT, &self.label_list());
+        let mut parts = template.split(TEXT_SLOT);
+        let (Some(prefix), Some(suffix), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(self.invalid("the template must contain {{text}} exactly once"));
+        };
+        Ok(PromptParts { prefix: prefix.to_string(), suffix: suffix.to_string() })
+    }
+
+    fn label_list(&self) -> String {
+        self.labels.iter().map(LabelSpec::name).collect::<Vec<_>>().join(", ")
+    }
+
+    fn render_preset(&self, preset: Preset) -> String {
+        let instruction = self.instruction.clone().unwrap_or_else(|| {
+            format!("Classify the text into one of these categories: {}.", self.label_list())
+        });
+        let mut shots = String::new();
+        for e in &self.examples {
+            let verbaliser = self
+                .labels
+                .iter()
+                .find(|l| l.name() == e.label)
+                .map(LabelSpec::verbaliser)
+                .unwrap_or_default();
+            shots.push_str(&format!("Text: {}\n{}{}\n\n", e.text, self.answer_prefix, verbaliser));
+        }
+        match preset {
+            Preset::Llama2Chat => {
+                let sys = match &self.system {
+                    Some(s) => format!("<<SYS>>\n{s}\n<</SYS>>\n\n"),
+                    None => String::new(),
+                };
+                format!("[INST] {sys}{instruction}\n\n{shots}Text: {TEXT_SLOT} [/INST] {}", self.answer_prefix)
+            }
+            Preset::Plain => {
+                let sys = self.system.as_ref().map(|s| format!("{s}\n\n")).unwrap_or_default();
+                format!("{sys}{instruction}\n\n{shots}Text: {TEXT_SLOT}\n{}", self.answer_prefix)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(toml_text: &str) -> Result<TaskSpec, TaskError> {
+        TaskFile::parse(toml_text, "test").map(|f| f.task.into_iter().next().unwrap())
+    }
+
+    #[test]
+    fn template_splits_at_the_slot() {
+        let t = one("[[task]]\nname='t'\nlabels=['a','b']\ntemplate='Classify ({{labels}}): {{text}}\\nAnswer:'")
+            .unwrap();
+        let p = t.prompt().unwrap();
+        assert_eq!(p.prefix, "Classify (a, b): ");
+        assert_eq!(p.suffix, "\nAnswer:");
+    }
+
+    #[test]
+    fn llama2_chat_preset() {
+        let t = one(
+            "[[task]]\nname='t'\npreset='llama2-chat'\nsystem='S'\ninstruction='I'\nanswer_prefix='Category:'\n\
+             labels=['a',{name='b',verbaliser=' B!'}]\nexamples=[{text='x',label='b'}]",
+        )
+        .unwrap();
+        let p = t.prompt().unwrap();
+        assert_eq!(p.prefix, "[INST] <<SYS>>\nS\n<</SYS>>\n\nI\n\nText: x\nCategory: B!\n\nText: ");
+        assert_eq!(p.suffix, " [/INST] Category:");
+        assert_eq!(t.labels[0].verbaliser(), " a");
+    }
+
+    #[test]
+    fn rejects_bad_tasks() {
+        for (bad, why) in [
+            ("name='t'\nlabels=['a','b']\ntemplate='no slot'", "exactly once"),
+            ("name='t'\nlabels=['a','b']\ntemplate='{{text}}{{text}}'", "exactly once"),
+            ("name='t'\nlabels=['a']\ntemplate='{{text}}'", "two labels"),
+            ("name='t'\nlabels=['a','a']\ntemplate='{{text}}'", "repeated"),
+            ("name='t'\nlabels=['a','b']", "set `template`"),
+            ("name='t'\nlabels=['a','b']\ntemplate='{{text}}'\ntemperature=0", "temperature"),
+            ("name='t'\nlabels=['a','b']\ntemplate='{{text}}'\nmax_doc_tokens=0", "max_doc_tokens"),
+            ("name='t'\nlabels=['a','b']\npreset='plain'\nexamples=[{text='x',label='c'}]", "example label"),
+        ] {
+            let err = one(&format!("[[task]]\n{bad}")).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        let err = TaskFile::parse("[[task]]\nname='t'\nlabels=['a','b']\ntemplate='{{text}}'\n[[task]]\nname='t'\nlabels=['a','b']\ntemplate='{{text}}'", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two tasks"), "{err}");
+    }
+}

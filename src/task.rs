@@ -104,7 +104,10 @@ impl LabelSpec {
     /// The text the model is scored on saying after the suffix.
     pub fn verbaliser(&self) -> String {
         match self {
-            Self::Full { verbaliser: Some(v), .. } => v.clone(),
+            Self::Full {
+                verbaliser: Some(v),
+                ..
+            } => v.clone(),
             _ => format!(" {}", self.name()),
         }
     }
@@ -175,16 +178,24 @@ impl TaskFile {
     /// Reads and validates a task file.
     pub fn load(path: &Path) -> Result<Self, TaskError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io {
+            path: p.clone(),
+            source,
+        })?;
         Self::parse(&text, &p)
     }
 
     /// Parses and validates TOML text (`origin` names it in errors).
     pub fn parse(text: &str, origin: &str) -> Result<Self, TaskError> {
-        let file: TaskFile =
-            toml::from_str(text).map_err(|e| TaskError::Parse { path: origin.into(), source: Box::new(e) })?;
+        let file: TaskFile = toml::from_str(text).map_err(|e| TaskError::Parse {
+            path: origin.into(),
+            source: Box::new(e),
+        })?;
         if file.task.is_empty() {
-            return Err(TaskError::Invalid { task: String::new(), reason: "the file defines no [[task]]".into() });
+            return Err(TaskError::Invalid {
+                task: String::new(),
+                reason: "the file defines no [[task]]".into(),
+            });
         }
         let mut seen = HashSet::new();
         for t in &file.task {
@@ -199,7 +210,10 @@ impl TaskFile {
 
 impl TaskSpec {
     fn invalid(&self, reason: impl Into<String>) -> TaskError {
-        TaskError::Invalid { task: self.name.clone(), reason: reason.into() }
+        TaskError::Invalid {
+            task: self.name.clone(),
+            reason: reason.into(),
+        }
     }
 
     /// Checks the task on its own (names, labels, template, numbers).
@@ -221,7 +235,10 @@ impl TaskSpec {
         }
         for e in &self.examples {
             if !names.contains(e.label.as_str()) {
-                return Err(self.invalid(format!("example label '{}' is not one of the labels", e.label)));
+                return Err(self.invalid(format!(
+                    "example label '{}' is not one of the labels",
+                    e.label
+                )));
             }
         }
         if self.max_doc_tokens == 0 {
@@ -236,11 +253,16 @@ impl TaskSpec {
     /// Splits the rendered template at `{{text}}`.
     pub fn prompt(&self) -> Result<PromptParts, TaskError> {
         let template = match (&self.template, self.preset) {
-            (Some(_), Some(_)) => return Err(self.invalid("set either `template` or `preset`, not both")),
+            (Some(_), Some(_)) => {
+                return Err(self.invalid("set either `template` or `preset`, not both"))
+            }
             (None, None) => return Err(self.invalid("set `template` (with {{text}}) or `preset`")),
             (Some(t), None) => {
-                if self.system.is_some() || self.instruction.is_some() || !self.examples.is_empty() {
-                    return Err(self.invalid("`system`, `instruction` and `examples` need a `preset`"));
+                if self.system.is_some() || self.instruction.is_some() || !self.examples.is_empty()
+                {
+                    return Err(
+                        self.invalid("`system`, `instruction` and `examples` need a `preset`")
+                    );
                 }
                 t.clone()
             }
@@ -251,16 +273,26 @@ impl TaskSpec {
         let (Some(prefix), Some(suffix), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(self.invalid("the template must contain {{text}} exactly once"));
         };
-        Ok(PromptParts { prefix: prefix.to_string(), suffix: suffix.to_string() })
+        Ok(PromptParts {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
     }
 
     fn label_list(&self) -> String {
-        self.labels.iter().map(LabelSpec::name).collect::<Vec<_>>().join(", ")
+        self.labels
+            .iter()
+            .map(LabelSpec::name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn render_preset(&self, preset: Preset) -> String {
         let instruction = self.instruction.clone().unwrap_or_else(|| {
-            format!("Classify the text into one of these categories: {}.", self.label_list())
+            format!(
+                "Classify the text into one of these categories: {}.",
+                self.label_list()
+            )
         });
         let mut shots = String::new();
         for e in &self.examples {
@@ -270,7 +302,10 @@ impl TaskSpec {
                 .find(|l| l.name() == e.label)
                 .map(LabelSpec::verbaliser)
                 .unwrap_or_default();
-            shots.push_str(&format!("Text: {}\n{}{}\n\n", e.text, self.answer_prefix, verbaliser));
+            shots.push_str(&format!(
+                "Text: {}\n{}{}\n\n",
+                e.text, self.answer_prefix, verbaliser
+            ));
         }
         match preset {
             Preset::Llama2Chat => {
@@ -278,11 +313,21 @@ impl TaskSpec {
                     Some(s) => format!("<<SYS>>\n{s}\n<</SYS>>\n\n"),
                     None => String::new(),
                 };
-                format!("[INST] {sys}{instruction}\n\n{shots}Text: {TEXT_SLOT} [/INST] {}", self.answer_prefix)
+                format!(
+                    "[INST] {sys}{instruction}\n\n{shots}Text: {TEXT_SLOT} [/INST] {}",
+                    self.answer_prefix
+                )
             }
             Preset::Plain => {
-                let sys = self.system.as_ref().map(|s| format!("{s}\n\n")).unwrap_or_default();
-                format!("{sys}{instruction}\n\n{shots}Text: {TEXT_SLOT}\n{}", self.answer_prefix)
+                let sys = self
+                    .system
+                    .as_ref()
+                    .map(|s| format!("{s}\n\n"))
+                    .unwrap_or_default();
+                format!(
+                    "{sys}{instruction}\n\n{shots}Text: {TEXT_SLOT}\n{}",
+                    self.answer_prefix
+                )
             }
         }
     }
@@ -313,7 +358,10 @@ mod tests {
         )
         .unwrap();
         let p = t.prompt().unwrap();
-        assert_eq!(p.prefix, "[INST] <<SYS>>\nS\n<</SYS>>\n\nI\n\nText: x\nCategory: B!\n\nText: ");
+        assert_eq!(
+            p.prefix,
+            "[INST] <<SYS>>\nS\n<</SYS>>\n\nI\n\nText: x\nCategory: B!\n\nText: "
+        );
         assert_eq!(p.suffix, " [/INST] Category:");
         assert_eq!(t.labels[0].verbaliser(), " a");
     }
@@ -321,14 +369,32 @@ mod tests {
     #[test]
     fn rejects_bad_tasks() {
         for (bad, why) in [
-            ("name='t'\nlabels=['a','b']\ntemplate='no slot'", "exactly once"),
-            ("name='t'\nlabels=['a','b']\ntemplate='{{text}}{{text}}'", "exactly once"),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='no slot'",
+                "exactly once",
+            ),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='{{text}}{{text}}'",
+                "exactly once",
+            ),
             ("name='t'\nlabels=['a']\ntemplate='{{text}}'", "two labels"),
-            ("name='t'\nlabels=['a','a']\ntemplate='{{text}}'", "repeated"),
+            (
+                "name='t'\nlabels=['a','a']\ntemplate='{{text}}'",
+                "repeated",
+            ),
             ("name='t'\nlabels=['a','b']", "set `template`"),
-            ("name='t'\nlabels=['a','b']\ntemplate='{{text}}'\ntemperature=0", "temperature"),
-            ("name='t'\nlabels=['a','b']\ntemplate='{{text}}'\nmax_doc_tokens=0", "max_doc_tokens"),
-            ("name='t'\nlabels=['a','b']\npreset='plain'\nexamples=[{text='x',label='c'}]", "example label"),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='{{text}}'\ntemperature=0",
+                "temperature",
+            ),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='{{text}}'\nmax_doc_tokens=0",
+                "max_doc_tokens",
+            ),
+            (
+                "name='t'\nlabels=['a','b']\npreset='plain'\nexamples=[{text='x',label='c'}]",
+                "example label",
+            ),
         ] {
             let err = one(&format!("[[task]]\n{bad}")).unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");

@@ -43,7 +43,10 @@ impl KvCache {
             .layers
             .iter()
             .map(|l| {
-                Ok(LayerKv { k: l.k.narrow(2, 0, len)?.contiguous()?, v: l.v.narrow(2, 0, len)?.contiguous()? })
+                Ok(LayerKv {
+                    k: l.k.narrow(2, 0, len)?.contiguous()?,
+                    v: l.v.narrow(2, 0, len)?.contiguous()?,
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Self { layers })

@@ -35,10 +35,11 @@ pub struct Step<'a> {
     pub positions: &'a Tensor,
     /// A prefix every row continues (batch 1), read-only.
     pub shared: Option<&'a KvCache>,
-    /// Per-row keys from an earlier pass (batch b), placed before this step's own keys.
+    /// Per-row keys from an earlier pass (batch b, padded), placed after this step's own keys.
     pub context: Option<&'a KvCache>,
-    /// Additive mask `[b, t, ctx + t]` over the per-row keys (context, then this step's tokens).
-    pub mask: &'a Tensor,
+    /// One additive mask per row, `[len, len + ctx_len]`: the row's real tokens (`len <= t`, the
+    /// rest of the row is padding) and the real length of its context (0 without context).
+    pub masks: &'a [Tensor],
     /// Return this step's keys and values (for a later pass that continues these rows).
     pub keep_kv: bool,
 }
@@ -69,10 +70,16 @@ impl Llama {
         let (dim, hd, kvd) = (hp.dim, hp.head_dim(), hp.n_kv_heads * hp.head_dim());
         let candle_err = |path: &std::path::Path| {
             let path = path.to_path_buf();
-            move |source| LoadError::Candle { path: path.clone(), source }
+            move |source| LoadError::Candle {
+                path: path.clone(),
+                source,
+            }
         };
         let path = file.path().to_path_buf();
-        let lin = |f: &mut GgufFile, name: String, shape: [usize; 2]| -> std::result::Result<Linear, LoadError> {
+        let lin = |f: &mut GgufFile,
+                   name: String,
+                   shape: [usize; 2]|
+         -> std::result::Result<Linear, LoadError> {
             let t = f.tensor(&name, &shape, device)?;
             Linear::new(t).map_err(candle_err(&path))
         };
@@ -98,10 +105,22 @@ impl Llama {
         }
         let norm_w = norm(file, "output_norm.weight".into())?;
         // Models with tied embeddings ship no output matrix: the embedding doubles as the LM head.
-        let out_name = if file.has_tensor("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let out_name = if file.has_tensor("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
         let output = lin(file, out_name.into(), [hp.vocab_size, dim])?;
         let rope = Rope::new(&hp, hd, device).map_err(candle_err(&path))?;
-        Ok(Self { hp, device: device.clone(), tok_embd, blocks, norm: norm_w, output, rope })
+        Ok(Self {
+            hp,
+            device: device.clone(),
+            tok_embd,
+            blocks,
+            norm: norm_w,
+            output,
+            rope,
+        })
     }
 
     /// Hyper-parameters.
@@ -119,28 +138,65 @@ impl Llama {
         let (b, t) = step.tokens.dims2()?;
         let (hd, n_kv) = (self.hp.head_dim(), self.hp.n_kv_heads);
         let group = self.hp.n_heads / n_kv;
-        let mut x = self.tok_embd.embedding(&step.tokens.flatten_all()?)?.reshape((b, t, self.hp.dim))?;
+        let mut x = self
+            .tok_embd
+            .embedding(&step.tokens.flatten_all()?)?
+            .reshape((b, t, self.hp.dim))?;
         let (cos, sin) = self.rope.at(step.positions)?;
-        let mask = step.mask.unsqueeze(1)?.unsqueeze(1)?;
+        let masks: Vec<Tensor> = step
+            .masks
+            .iter()
+            .map(|m| m.unsqueeze(0)?.unsqueeze(0)?.unsqueeze(0))
+            .collect::<Result<_>>()?;
         let mut kept = Vec::with_capacity(if step.keep_kv { self.blocks.len() } else { 0 });
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.attn_norm.forward(&x)?;
             // [b, t, heads * hd] -> [b, heads, t, hd]: query head h pairs with kv head h / group.
-            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
-            let q = candle_nn::rotary_emb::rope_i(&heads(blk.wq.forward(&h)?, self.hp.n_heads)?, &cos, &sin)?;
+            let heads =
+                |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+            let q = candle_nn::rotary_emb::rope_i(
+                &heads(blk.wq.forward(&h)?, self.hp.n_heads)?,
+                &cos,
+                &sin,
+            )?;
             let k = candle_nn::rotary_emb::rope_i(&heads(blk.wk.forward(&h)?, n_kv)?, &cos, &sin)?;
             let v = heads(blk.wv.forward(&h)?, n_kv)?;
-            let rows = match step.context {
-                Some(ctx) => {
-                    let c = &ctx.layers[i];
-                    LayerKv { k: Tensor::cat(&[&c.k, &k], 2)?, v: Tensor::cat(&[&c.v, &v], 2)? }
-                }
-                None => LayerKv { k: k.clone(), v: v.clone() },
-            };
-            let q = q.reshape((b, n_kv, group * t, hd))?;
             let shared = step.shared.map(|s| &s.layers[i]);
-            let o = attend(&AttentionInput { q: &q, shared, rows: &rows, mask: &mask, group })?;
-            let o = o.reshape((b, self.hp.n_heads, t, hd))?.transpose(1, 2)?.reshape((b, t, self.hp.dim))?;
+            let context = step.context.map(|c| &c.layers[i]);
+            let mut outs = Vec::with_capacity(b);
+            for (r, mask) in masks.iter().enumerate() {
+                let (len, width) = (mask.dim(3)?, mask.dim(4)?);
+                let own = |x: &Tensor| x.narrow(0, r, 1)?.narrow(2, 0, len)?.contiguous();
+                let mut rows = LayerKv {
+                    k: own(&k)?,
+                    v: own(&v)?,
+                };
+                if let Some(c) = context {
+                    let ctx =
+                        |x: &Tensor| x.narrow(0, r, 1)?.narrow(2, 0, width - len)?.contiguous();
+                    rows = LayerKv {
+                        k: Tensor::cat(&[&rows.k, &ctx(&c.k)?], 2)?,
+                        v: Tensor::cat(&[&rows.v, &ctx(&c.v)?], 2)?,
+                    };
+                }
+                let q_r = own(&q)?.reshape((1, n_kv, group * len, hd))?;
+                let o = attend(&AttentionInput {
+                    q: &q_r,
+                    shared,
+                    rows: &rows,
+                    mask,
+                    group,
+                })?
+                .reshape((1, self.hp.n_heads, len, hd))?;
+                outs.push(if len < t {
+                    o.pad_with_zeros(2, 0, t - len)?
+                } else {
+                    o
+                });
+            }
+            let o = Tensor::cat(&outs, 0)?
+                .transpose(1, 2)?
+                .reshape((b, t, self.hp.dim))?;
             x = (x + blk.wo.forward(&o)?)?;
             let h = blk.ffn_norm.forward(&x)?;
             let gate = candle_nn::ops::silu(&blk.w_gate.forward(&h)?)?;
@@ -153,21 +209,28 @@ impl Llama {
         Ok(StepOutput { hidden: x, kv })
     }
 
-    /// Log-probabilities over the full vocabulary for selected rows of `hidden` (`[b, t, dim]`,
-    /// flat indices `row * t + pos`): only these positions go through the output norm and LM head.
-    pub fn log_probs_at(&self, hidden: &Tensor, flat_positions: &[u32]) -> Result<Tensor> {
+    /// Logits over the full vocabulary for selected rows of `hidden` (`[b, t, dim]`, flat indices
+    /// `row * t + pos`): only these positions go through the output norm and the LM head.
+    pub fn logits_at(&self, hidden: &Tensor, flat_positions: &[u32]) -> Result<Tensor> {
         let (b, t, dim) = hidden.dims3()?;
         let idx = Tensor::from_slice(flat_positions, flat_positions.len(), &self.device)?;
         let h = hidden.reshape((b * t, dim))?.index_select(&idx, 0)?;
-        let logits = self.output.forward(&self.norm.forward(&h)?)?;
-        candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, 1)
+        self.output
+            .forward(&self.norm.forward(&h)?)?
+            .to_dtype(DType::F32)
+    }
+
+    /// `log_softmax` of [`Self::logits_at`].
+    pub fn log_probs_at(&self, hidden: &Tensor, flat_positions: &[u32]) -> Result<Tensor> {
+        candle_nn::ops::log_softmax(&self.logits_at(hidden, flat_positions)?, 1)
     }
 }
 
 impl Rope {
     fn new(hp: &Hparams, hd: usize, device: &Device) -> Result<Self> {
-        let inv: Vec<f32> =
-            (0..hd / 2).map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hd as f32)).collect();
+        let inv: Vec<f32> = (0..hd / 2)
+            .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hd as f32))
+            .collect();
         let n = hp.context_length;
         let mut cos = Vec::with_capacity(n * hd / 2);
         let mut sin = Vec::with_capacity(n * hd / 2);

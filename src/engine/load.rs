@@ -147,7 +147,10 @@ impl GgufFile {
         if !path.exists() {
             return Err(LoadError::NotFound(path.to_path_buf()));
         }
-        let io = |source| LoadError::Io { path: path.to_path_buf(), source };
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let file_len = file.metadata().map_err(io)?.len();
         let mut reader = BufReader::new(file);
@@ -156,16 +159,25 @@ impl GgufFile {
             reason: e.to_string(),
         })?;
         check_tensor_extents(path, &content, file_len)?;
-        let meta = Meta { path, md: &content.metadata };
+        let meta = Meta {
+            path,
+            md: &content.metadata,
+        };
         let arch = meta.string("general.architecture")?;
         if arch != "llama" {
-            return Err(LoadError::Architecture { path: path.to_path_buf(), arch });
+            return Err(LoadError::Architecture {
+                path: path.to_path_buf(),
+                arch,
+            });
         }
-        let embd = content.tensor_infos.get("token_embd.weight").ok_or_else(|| LoadError::Tensor {
-            path: path.to_path_buf(),
-            name: "token_embd.weight".into(),
-            reason: "missing".into(),
-        })?;
+        let embd = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| LoadError::Tensor {
+                path: path.to_path_buf(),
+                name: "token_embd.weight".into(),
+                reason: "missing".into(),
+            })?;
         let (vocab_size, embd_dim) = embd.shape.dims2().map_err(|e| LoadError::Tensor {
             path: path.to_path_buf(),
             name: "token_embd.weight".into(),
@@ -185,13 +197,17 @@ impl GgufFile {
             rms_eps: meta.f32_or("llama.attention.layer_norm_rms_epsilon", 1e-5)? as f64,
             bos_token_id: meta.usize_or("tokenizer.ggml.bos_token_id", 1)? as u32,
         };
-        let shape_err = |reason: String| LoadError::Shape { path: path.to_path_buf(), reason };
+        let shape_err = |reason: String| LoadError::Shape {
+            path: path.to_path_buf(),
+            reason,
+        };
         if embd_dim != hparams.dim {
             return Err(shape_err(format!(
                 "token_embd.weight has width {embd_dim}, llama.embedding_length says {dim}"
             )));
         }
-        if hparams.n_heads == 0 || hparams.dim % hparams.n_heads != 0 || hparams.head_dim() % 2 != 0 {
+        if hparams.n_heads == 0 || hparams.dim % hparams.n_heads != 0 || hparams.head_dim() % 2 != 0
+        {
             return Err(shape_err(format!(
                 "embedding length {} is not an even multiple of {} heads",
                 hparams.dim, hparams.n_heads
@@ -216,7 +232,14 @@ impl GgufFile {
             .map(|t| t.ggml_dtype)
             .unwrap_or(embd.ggml_dtype);
         let model_id = model_id(&content, file_len);
-        Ok(Self { path: path.to_path_buf(), content, reader, hparams, quant, model_id })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+            hparams,
+            quant,
+            model_id,
+        })
     }
 
     /// The file path.
@@ -230,15 +253,27 @@ impl GgufFile {
     }
 
     /// Reads tensor `name` onto `device`, checking its shape.
-    pub fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<QTensor, LoadError> {
+    pub fn tensor(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        device: &Device,
+    ) -> Result<QTensor, LoadError> {
         let err = |reason: String| LoadError::Tensor {
             path: self.path.clone(),
             name: name.to_string(),
             reason,
         };
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| err("missing".into()))?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| err("missing".into()))?;
         if info.shape.dims() != shape {
-            return Err(err(format!("shape {:?}, expected {shape:?}", info.shape.dims())));
+            return Err(err(format!(
+                "shape {:?}, expected {shape:?}",
+                info.shape.dims()
+            )));
         }
         self.content
             .tensor(&mut self.reader, name, device)
@@ -249,8 +284,12 @@ impl GgufFile {
 /// Rejects files whose tensor table points past the end of the file (a truncated download).
 fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result<(), LoadError> {
     for (name, info) in &content.tensor_infos {
-        let bytes = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
-        let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes as u64);
+        let bytes =
+            info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let end = content
+            .tensor_data_offset
+            .saturating_add(info.offset)
+            .saturating_add(bytes as u64);
         if end > file_len {
             return Err(LoadError::Corrupt {
                 path: path.to_path_buf(),
@@ -295,7 +334,11 @@ struct Meta<'a> {
 
 impl Meta<'_> {
     fn err(&self, key: &str, expected: &'static str) -> LoadError {
-        LoadError::Metadata { path: self.path.to_path_buf(), key: key.to_string(), expected }
+        LoadError::Metadata {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            expected,
+        }
     }
 
     fn string(&self, key: &str) -> Result<String, LoadError> {

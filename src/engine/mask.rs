@@ -1,82 +1,63 @@
-//! Additive attention masks (0 = visible, -inf = hidden) for padded batches and label tries.
+//! Additive attention masks (0 = visible, -inf = hidden) for one row: causal, and label tries.
 
 use candle_core::{Device, Result, Tensor};
 
-/// `[b, t, t]`: row `r`'s query `i` sees its own keys `j <= i` with `j < lens[r]` (right padding).
-///
-/// Padding queries (`i >= lens[r]`) still see the real keys, so no softmax row is ever empty;
-/// their outputs are never read.
-pub fn causal_padding(lens: &[usize], t: usize, device: &Device) -> Result<Tensor> {
-    let mut m = vec![f32::NEG_INFINITY; lens.len() * t * t];
-    for (r, &len) in lens.iter().enumerate() {
-        for i in 0..t {
-            for j in 0..=i.min(len.saturating_sub(1)) {
-                if j < len {
-                    m[(r * t + i) * t + j] = 0.0;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (lens.len(), t, t), device)
+/// `[t, t]`: query `i` sees keys `j <= i`.
+pub fn causal(t: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Tensor::from_vec(m, (t, t), device)
 }
 
-/// `[b, n, ctx + n]` for the label pass: every trie node sees the first `ctx_lens[r]` keys of its
-/// row's document context (of width `ctx`) and its own trie ancestors (`ancestor[i][j]`: j is i or
-/// an ancestor of i).
-pub fn context_and_tree(ctx_lens: &[usize], ctx: usize, ancestor: &[Vec<bool>], device: &Device) -> Result<Tensor> {
+/// `[n, n + ctx]` for the label pass: keys are `[trie nodes | document context]`. Node `i` sees its
+/// trie ancestors and itself (`ancestor[i][j]`) and all `ctx` keys of its document.
+pub fn tree_then_context(ctx: usize, ancestor: &[Vec<bool>], device: &Device) -> Result<Tensor> {
     let n = ancestor.len();
-    let w = ctx + n;
-    let mut m = vec![f32::NEG_INFINITY; ctx_lens.len() * n * w];
-    for (r, &len) in ctx_lens.iter().enumerate() {
-        for (i, anc) in ancestor.iter().enumerate() {
-            let row = &mut m[(r * n + i) * w..(r * n + i + 1) * w];
-            row[..len].fill(0.0);
-            for (j, &visible) in anc.iter().enumerate() {
-                if visible {
-                    row[ctx + j] = 0.0;
-                }
-            }
-        }
-    }
-    Tensor::from_vec(m, (ctx_lens.len(), n, w), device)
+    let m: Vec<f32> = ancestor
+        .iter()
+        .flat_map(|anc| {
+            let tree = anc.iter().map(|&v| if v { 0.0 } else { f32::NEG_INFINITY });
+            tree.chain(std::iter::repeat_n(0.0, ctx))
+        })
+        .collect();
+    Tensor::from_vec(m, (n, n + ctx), device)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Draws a `[b, rows, cols]` mask as text: `x` visible, `.` hidden.
-    fn draw(mask: &Tensor) -> Vec<String> {
-        let v = mask.to_vec3::<f32>().unwrap();
+    /// Draws a `[rows, cols]` mask as text: `x` visible, `.` hidden.
+    fn draw(mask: &Tensor) -> String {
+        let v = mask.to_vec2::<f32>().unwrap();
         v.iter()
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| r.iter().map(|&x| if x == 0.0 { 'x' } else { '.' }).collect::<String>())
-                    .collect::<Vec<_>>()
-                    .join("|")
+            .map(|r| {
+                r.iter()
+                    .map(|&x| if x == 0.0 { 'x' } else { '.' })
+                    .collect::<String>()
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .join("|")
     }
 
     #[test]
-    fn causal_with_right_padding() {
-        let m = causal_padding(&[3, 1], 3, &Device::Cpu).unwrap();
-        assert_eq!(
-            draw(&m),
-            vec![
-                // full row: plain causal
-                "x..|xx.|xxx",
-                // one real token: padding queries see only key 0
-                "x..|x..|x..",
-            ]
-        );
+    fn causal_mask() {
+        assert_eq!(draw(&causal(3, &Device::Cpu).unwrap()), "x..|xx.|xxx");
     }
 
     #[test]
     fn tree_over_context() {
-        // Trie: node0 (root child), node1 child of node0, node2 another root child.
-        let anc = vec![vec![true, false, false], vec![true, true, false], vec![false, false, true]];
-        let m = context_and_tree(&[2, 1], 2, &anc, &Device::Cpu).unwrap();
-        assert_eq!(draw(&m), vec!["xxx..|xxxx.|xx..x", "x.x..|x.xx.|x...x"]);
+        // Trie: node0 (a first token), node1 child of node0, node2 another first token.
+        let anc = vec![
+            vec![true, false, false],
+            vec![true, true, false],
+            vec![false, false, true],
+        ];
+        // columns: node0 node1 node2 | ctx0 ctx1
+        assert_eq!(
+            draw(&tree_then_context(2, &anc, &Device::Cpu).unwrap()),
+            "x..xx|xx.xx|..xxx"
+        );
     }
 }

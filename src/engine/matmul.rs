@@ -19,7 +19,11 @@ impl Linear {
     pub fn new(weight: QTensor) -> Result<Self> {
         let dtype = weight.dtype();
         let (out_dim, _) = weight.shape().dims2()?;
-        Ok(Self { inner: QMatMul::from_qtensor(weight)?, dtype, out_dim })
+        Ok(Self {
+            inner: QMatMul::from_qtensor(weight)?,
+            dtype,
+            out_dim,
+        })
     }
 
     /// `x` is `[rows, in]` or `[b, t, in]`; the result has `out` as its last dimension.

@@ -65,7 +65,10 @@ impl Engine {
         let mut file = GgufFile::open(model)?;
         let tokenizer = TextTokenizer::load(tokenizer, file.hparams.vocab_size)?;
         let llama = Llama::load(&mut file, device)?;
-        let model_name = model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let model_name = model
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Self {
             model: llama,
             tokenizer,
@@ -113,21 +116,54 @@ impl Engine {
     }
 
     /// Scores documents (already fitted token ids) on top of the task's cached prefix.
-    pub fn score(&self, task: &PreparedTask, docs: &[&[u32]]) -> Result<Vec<LabelScores>, EngineError> {
+    pub fn score(
+        &self,
+        task: &PreparedTask,
+        docs: &[&[u32]],
+    ) -> Result<Vec<LabelScores>, EngineError> {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
         let prefix = self.prefix_kv(task)?;
-        let rows: Vec<Vec<u32>> = docs.iter().map(|d| [*d, &task.suffix_ids].concat()).collect();
+        let rows: Vec<Vec<u32>> = docs
+            .iter()
+            .map(|d| [*d, &task.suffix_ids].concat())
+            .collect();
         self.score_rows(task, Some(&prefix), task.prefix_ids.len(), &rows)
     }
 
     /// Scores one document with no prefix cache: the whole prompt in a single forward pass.
     /// Slower; it exists to check the cached path against.
-    pub fn score_uncached(&self, task: &PreparedTask, doc: &[u32]) -> Result<LabelScores, EngineError> {
+    pub fn score_uncached(
+        &self,
+        task: &PreparedTask,
+        doc: &[u32],
+    ) -> Result<LabelScores, EngineError> {
         let row = [&task.prefix_ids, doc, &task.suffix_ids].concat();
         let mut out = self.score_rows(task, None, 0, &[row])?;
         Ok(out.pop().expect("one row in, one score out"))
+    }
+
+    /// Raw next-token logits (full vocabulary) after each document, through the cached path.
+    pub fn next_token_logits(
+        &self,
+        task: &PreparedTask,
+        docs: &[&[u32]],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        let prefix = self.prefix_kv(task)?;
+        let rows: Vec<Vec<u32>> = docs
+            .iter()
+            .map(|d| [*d, &task.suffix_ids].concat())
+            .collect();
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let (hidden, _) = self.run_rows(Some(&prefix), task.prefix_ids.len(), &refs, false)?;
+        let t = hidden.dim(1)?;
+        let last: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| (r * t + row.len() - 1) as u32)
+            .collect();
+        Ok(self.model.logits_at(&hidden, &last)?.to_vec2::<f32>()?)
     }
 
     fn score_rows(
@@ -142,9 +178,17 @@ impl Engine {
         let row_refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
         let (hidden, kv) = self.run_rows(shared, start, &row_refs, trie.has_continuations())?;
         let t = hidden.dim(1)?;
-        let last: Vec<u32> = rows.iter().enumerate().map(|(r, row)| (r * t + row.len() - 1) as u32).collect();
+        let last: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| (r * t + row.len() - 1) as u32)
+            .collect();
         let first_cols = Tensor::from_slice(&trie.first_tokens, trie.first_tokens.len(), dev)?;
-        let first = self.model.log_probs_at(&hidden, &last)?.index_select(&first_cols, 1)?.to_vec2::<f32>()?;
+        let first = self
+            .model
+            .log_probs_at(&hidden, &last)?
+            .index_select(&first_cols, 1)?
+            .to_vec2::<f32>()?;
 
         // Second pass: every internal trie node for every row, continuing that row's own KV.
         let steps = match kv {
@@ -154,7 +198,8 @@ impl Engine {
         let n = trie.nodes.len();
         Ok((0..rows.len())
             .map(|r| {
-                let step = |node: usize, j: usize| steps.as_ref().expect("trie pass ran")[r * n + node][j];
+                let step =
+                    |node: usize, j: usize| steps.as_ref().expect("trie pass ran")[r * n + node][j];
                 trie.score(&first[r], step, task.temperature)
             })
             .collect())
@@ -176,17 +221,21 @@ impl Engine {
         for (r, row) in rows.iter().enumerate() {
             tokens[r * t..r * t + row.len()].copy_from_slice(row);
         }
-        let positions: Vec<u32> = (0..b).flat_map(|_| (0..t).map(|i| (start + i) as u32)).collect();
-        let lens: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+        let positions: Vec<u32> = (0..b)
+            .flat_map(|_| (0..t).map(|i| (start + i) as u32))
+            .collect();
+        let masks: Vec<Tensor> = rows
+            .iter()
+            .map(|r| mask::causal(r.len(), dev))
+            .collect::<candle_core::Result<_>>()?;
         let tokens = Tensor::from_vec(tokens, (b, t), dev)?;
         let positions = Tensor::from_vec(positions, (b, t), dev)?;
-        let mask = mask::causal_padding(&lens, t, dev)?;
         let out = self.model.forward(&Step {
             tokens: &tokens,
             positions: &positions,
             shared,
             context: None,
-            mask: &mask,
+            masks: &masks,
             keep_kv,
         })?;
         Ok((out.hidden, out.kv))
@@ -203,14 +252,23 @@ impl Engine {
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let dev = self.model.device();
         let trie = &task.trie;
-        let (b, n, ctx_len) = (rows.len(), trie.nodes.len(), ctx.seq_len());
-        let tokens: Vec<u32> = (0..b).flat_map(|_| trie.nodes.iter().map(|nd| nd.token)).collect();
+        let (b, n) = (rows.len(), trie.nodes.len());
+        let tokens: Vec<u32> = (0..b)
+            .flat_map(|_| trie.nodes.iter().map(|nd| nd.token))
+            .collect();
         let positions: Vec<u32> = rows
             .iter()
-            .flat_map(|row| trie.nodes.iter().map(move |nd| (start + row.len() + nd.depth - 1) as u32))
+            .flat_map(|row| {
+                trie.nodes
+                    .iter()
+                    .map(move |nd| (start + row.len() + nd.depth - 1) as u32)
+            })
             .collect();
-        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
-        let mask = mask::context_and_tree(&lens, ctx_len, &trie.ancestors(), dev)?;
+        let ancestors = trie.ancestors();
+        let masks: Vec<Tensor> = rows
+            .iter()
+            .map(|r| mask::tree_then_context(r.len(), &ancestors, dev))
+            .collect::<candle_core::Result<_>>()?;
         let tokens = Tensor::from_vec(tokens, (b, n), dev)?;
         let positions = Tensor::from_vec(positions, (b, n), dev)?;
         let out = self.model.forward(&Step {
@@ -218,11 +276,15 @@ impl Engine {
             positions: &positions,
             shared,
             context: Some(ctx),
-            mask: &mask,
+            masks: &masks,
             keep_kv: false,
         })?;
         let all: Vec<u32> = (0..(b * n) as u32).collect();
         let cols = Tensor::from_slice(&trie.step_tokens, trie.step_tokens.len(), dev)?;
-        Ok(self.model.log_probs_at(&out.hidden, &all)?.index_select(&cols, 1)?.to_vec2::<f32>()?)
+        Ok(self
+            .model
+            .log_probs_at(&out.hidden, &all)?
+            .index_select(&cols, 1)?
+            .to_vec2::<f32>()?)
     }
 }

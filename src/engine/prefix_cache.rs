@@ -43,7 +43,12 @@ pub struct PrefixCacheStats {
 impl PrefixCache {
     /// A cache holding at most `capacity` prefixes (least recently used evicted first).
     pub fn new(capacity: usize) -> Self {
-        Self { entries: Mutex::new(Vec::new()), capacity: capacity.max(1), hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        Self {
+            entries: Mutex::new(Vec::new()),
+            capacity: capacity.max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// Returns the cached KV for `key`, computing it with `compute` on a miss.
@@ -80,7 +85,11 @@ impl PrefixCache {
         PrefixCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
-            entries: self.entries.lock().expect("prefix cache lock poisoned").len(),
+            entries: self
+                .entries
+                .lock()
+                .expect("prefix cache lock poisoned")
+                .len(),
         }
     }
 }
@@ -100,12 +109,23 @@ mod tests {
     fn lru_hits_misses_and_eviction() {
         let cache = PrefixCache::new(2);
         let empty = || Ok::<_, ()>(KvCache { layers: vec![] });
-        let (a, b, c) = (prefix_key("m", &[1]), prefix_key("m", &[2]), prefix_key("m", &[3]));
+        let (a, b, c) = (
+            prefix_key("m", &[1]),
+            prefix_key("m", &[2]),
+            prefix_key("m", &[3]),
+        );
         cache.get_or_compute(a, empty).unwrap();
         cache.get_or_compute(b, empty).unwrap();
         cache.get_or_compute(a, || Err(())).unwrap(); // hit: compute not called
         cache.get_or_compute(c, empty).unwrap(); // evicts b, the least recently used
         assert!(cache.get_or_compute(b, || Err(())).is_err());
-        assert_eq!(cache.stats(), PrefixCacheStats { hits: 1, misses: 4, entries: 2 });
+        assert_eq!(
+            cache.stats(),
+            PrefixCacheStats {
+                hits: 1,
+                misses: 4,
+                entries: 2
+            }
+        );
     }
 }

@@ -35,7 +35,9 @@ pub enum DocError {
     #[error("the document text is empty")]
     EmptyText,
     /// Longer than `max_doc_tokens` under the `reject` policy.
-    #[error("the document has {tokens} tokens; task '{task}' allows {max} and rejects longer documents")]
+    #[error(
+        "the document has {tokens} tokens; task '{task}' allows {max} and rejects longer documents"
+    )]
     TokenLimitExceeded {
         /// The task.
         task: String,
@@ -73,20 +75,36 @@ pub struct FittedDoc {
 
 impl PreparedTask {
     /// Tokenises `spec` with `tok`; `bos` starts the prefix; `context_length` bounds the prompt.
-    pub fn new(spec: &TaskSpec, tok: &TextTokenizer, bos: u32, context_length: usize) -> Result<Self, TaskError> {
-        let invalid = |reason: String| TaskError::Invalid { task: spec.name.clone(), reason };
+    pub fn new(
+        spec: &TaskSpec,
+        tok: &TextTokenizer,
+        bos: u32,
+        context_length: usize,
+    ) -> Result<Self, TaskError> {
+        let invalid = |reason: String| TaskError::Invalid {
+            task: spec.name.clone(),
+            reason,
+        };
         let parts = spec.prompt()?;
         let enc = |s: &str| tok.encode(s).map_err(|e| invalid(e.to_string()));
         let mut prefix_ids = vec![bos];
         if !parts.prefix.is_empty() {
             prefix_ids.extend(enc(&parts.prefix)?);
         }
-        let suffix_ids = if parts.suffix.is_empty() { Vec::new() } else { enc(&parts.suffix)? };
+        let suffix_ids = if parts.suffix.is_empty() {
+            Vec::new()
+        } else {
+            enc(&parts.suffix)?
+        };
         let mut label_ids = Vec::with_capacity(spec.labels.len());
         for l in &spec.labels {
-            let ids = label_tokens(tok, &parts.suffix, &l.verbaliser()).map_err(|e| invalid(e.to_string()))?;
+            let ids = label_tokens(tok, &parts.suffix, &l.verbaliser())
+                .map_err(|e| invalid(e.to_string()))?;
             if ids.is_empty() {
-                return Err(invalid(format!("label '{}' tokenises to nothing", l.name())));
+                return Err(invalid(format!(
+                    "label '{}' tokenises to nothing",
+                    l.name()
+                )));
             }
             if let Some(j) = label_ids.iter().position(|x: &Vec<u32>| *x == ids) {
                 return Err(invalid(format!(
@@ -130,7 +148,11 @@ impl PreparedTask {
             return Err(DocError::EmptyText);
         }
         if n <= self.max_doc_tokens {
-            return Ok(FittedDoc { ids, original_tokens: n, truncated: false });
+            return Ok(FittedDoc {
+                ids,
+                original_tokens: n,
+                truncated: false,
+            });
         }
         match self.truncation {
             Truncation::Head => ids.truncate(self.max_doc_tokens),
@@ -138,10 +160,18 @@ impl PreparedTask {
                 ids.drain(..n - self.max_doc_tokens);
             }
             Truncation::Reject => {
-                return Err(DocError::TokenLimitExceeded { task: self.name.clone(), tokens: n, max: self.max_doc_tokens })
+                return Err(DocError::TokenLimitExceeded {
+                    task: self.name.clone(),
+                    tokens: n,
+                    max: self.max_doc_tokens,
+                })
             }
         }
-        Ok(FittedDoc { ids, original_tokens: n, truncated: true })
+        Ok(FittedDoc {
+            ids,
+            original_tokens: n,
+            truncated: true,
+        })
     }
 
     /// Tokenises and fits a document text.
@@ -149,7 +179,9 @@ impl PreparedTask {
         if text.trim().is_empty() {
             return Err(DocError::EmptyText);
         }
-        let ids = tok.encode(text).map_err(|e| DocError::Tokenize(e.to_string()))?;
+        let ids = tok
+            .encode(text)
+            .map_err(|e| DocError::Tokenize(e.to_string()))?;
         self.fit(ids)
     }
 }
@@ -170,7 +202,11 @@ fn label_tokens(
     if joint.len() > alone.len() && joint[..alone.len()] == alone[..] {
         Ok(joint[alone.len()..].to_vec())
     } else {
-        tracing::warn!(suffix, verbaliser, "label tokenisation merges with the suffix; scoring the label tokenised alone");
+        tracing::warn!(
+            suffix,
+            verbaliser,
+            "label tokenisation merges with the suffix; scoring the label tokenised alone"
+        );
         tok.encode(verbaliser)
     }
 }

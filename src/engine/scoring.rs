@@ -71,24 +71,43 @@ impl LabelTrie {
             let mut steps = Vec::new();
             // Every token but the last becomes a node: its output predicts the next label token.
             for (d, &tok) in toks.iter().enumerate().take(toks.len().saturating_sub(1)) {
-                let found = nodes.iter().position(|n| n.token == tok && n.parent == parent);
+                let found = nodes
+                    .iter()
+                    .position(|n| n.token == tok && n.parent == parent);
                 let idx = found.unwrap_or_else(|| {
-                    nodes.push(TrieNode { token: tok, parent, depth: d + 1 });
+                    nodes.push(TrieNode {
+                        token: tok,
+                        parent,
+                        depth: d + 1,
+                    });
                     nodes.len() - 1
                 });
                 steps.push((idx, toks[d + 1]));
                 parent = Some(idx);
             }
-            paths.push(LabelPath { first: toks[0], steps });
+            paths.push(LabelPath {
+                first: toks[0],
+                steps,
+            });
         }
-        let first_tokens = paths.iter().map(|p| p.first).collect::<BTreeSet<_>>().into_iter().collect();
+        let first_tokens = paths
+            .iter()
+            .map(|p| p.first)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let step_tokens = paths
             .iter()
             .flat_map(|p| p.steps.iter().map(|s| s.1))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        Self { nodes, paths, first_tokens, step_tokens }
+        Self {
+            nodes,
+            paths,
+            first_tokens,
+            step_tokens,
+        }
     }
 
     /// Whether any label has more than one token (then a second pass is needed).
@@ -98,7 +117,11 @@ impl LabelTrie {
 
     /// Deepest label, in tokens.
     pub fn max_depth(&self) -> usize {
-        self.paths.iter().map(|p| p.steps.len() + 1).max().unwrap_or(0)
+        self.paths
+            .iter()
+            .map(|p| p.steps.len() + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// `a[i][j]`: node `i` may attend to node `j` (itself or an ancestor).
@@ -121,20 +144,39 @@ impl LabelTrie {
     ///
     /// `first[k]` is log p(`first_tokens[k]` | document); `step(node, j)` is
     /// log p(`step_tokens[j]` | document, path to `node`).
-    pub fn score(&self, first: &[f32], step: impl Fn(usize, usize) -> f32, temperature: f32) -> LabelScores {
-        let first_at = |tok: u32| first[self.first_tokens.binary_search(&tok).expect("first token is in the trie")];
+    pub fn score(
+        &self,
+        first: &[f32],
+        step: impl Fn(usize, usize) -> f32,
+        temperature: f32,
+    ) -> LabelScores {
+        let first_at = |tok: u32| {
+            first[self
+                .first_tokens
+                .binary_search(&tok)
+                .expect("first token is in the trie")]
+        };
         let log_probs: Vec<f32> = self
             .paths
             .iter()
             .map(|p| {
                 p.steps.iter().fold(first_at(p.first), |acc, &(node, tok)| {
-                    acc + step(node, self.step_tokens.binary_search(&tok).expect("step token is in the trie"))
+                    acc + step(
+                        node,
+                        self.step_tokens
+                            .binary_search(&tok)
+                            .expect("step token is in the trie"),
+                    )
                 })
             })
             .collect();
         let probs = softmax(&log_probs, temperature);
         let label_mass = first.iter().map(|lp| lp.exp()).sum::<f32>().min(1.0);
-        LabelScores { log_probs, probs, label_mass }
+        LabelScores {
+            log_probs,
+            probs,
+            label_mass,
+        }
     }
 }
 
@@ -158,9 +200,26 @@ mod tests {
         assert_eq!(t.first_tokens, vec![3, 7]);
         assert_eq!(
             t.nodes,
-            vec![TrieNode { token: 7, parent: None, depth: 1 }, TrieNode { token: 9, parent: Some(0), depth: 2 }]
+            vec![
+                TrieNode {
+                    token: 7,
+                    parent: None,
+                    depth: 1
+                },
+                TrieNode {
+                    token: 9,
+                    parent: Some(0),
+                    depth: 2
+                }
+            ]
         );
-        assert_eq!(t.paths[2], LabelPath { first: 7, steps: vec![(0, 9), (1, 10)] });
+        assert_eq!(
+            t.paths[2],
+            LabelPath {
+                first: 7,
+                steps: vec![(0, 9), (1, 10)]
+            }
+        );
         assert_eq!(t.ancestors(), vec![vec![true, false], vec![true, true]]);
         assert_eq!(t.max_depth(), 3);
         assert!(t.has_continuations());
@@ -171,10 +230,14 @@ mod tests {
         let t = LabelTrie::new(&[vec![7], vec![7, 8], vec![3]]);
         // first_tokens = [3, 7]; step_tokens = [8]
         let first = [(0.2f32).ln(), (0.5f32).ln()];
-        let s = t.score(&first, |node, j| {
-            assert_eq!((node, j), (0, 0));
-            (0.4f32).ln()
-        }, 1.0);
+        let s = t.score(
+            &first,
+            |node, j| {
+                assert_eq!((node, j), (0, 0));
+                (0.4f32).ln()
+            },
+            1.0,
+        );
         let want = [0.5f32, 0.5 * 0.4, 0.2];
         for (lp, w) in s.log_probs.iter().zip(want) {
             assert!((lp - w.ln()).abs() < 1e-6);

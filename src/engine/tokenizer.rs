@@ -13,16 +13,27 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `path` and checks that its vocabulary matches `model_vocab` rows of the embedding.
     pub fn load(path: &Path, model_vocab: usize) -> Result<Self, LoadError> {
-        let err = |reason: String| LoadError::Tokenizer { path: path.to_path_buf(), reason };
+        let err = |reason: String| LoadError::Tokenizer {
+            path: path.to_path_buf(),
+            reason,
+        };
         if !path.exists() {
             return Err(err("file does not exist".into()));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| err(format!("not a valid tokenizer.json: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| err(format!("not a valid tokenizer.json: {e}")))?;
         let size = inner.get_vocab_size(true);
         if size != model_vocab {
-            return Err(LoadError::VocabMismatch { path: path.to_path_buf(), tokenizer: size, model: model_vocab });
+            return Err(LoadError::VocabMismatch {
+                path: path.to_path_buf(),
+                tokenizer: size,
+                model: model_vocab,
+            });
         }
-        Ok(Self { inner, path: path.to_path_buf() })
+        Ok(Self {
+            inner,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Token ids of `text`, without special tokens (BOS is added by the prompt, once).

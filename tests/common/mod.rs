@@ -1,0 +1,105 @@
+//! Shared test helpers: generated tiny models and a plain reference LLaMA.
+#![allow(dead_code)]
+
+pub mod reference;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use candle_core::quantized::GgmlDType;
+use labelmill::engine::Engine;
+use labelmill::tiny::{self, TinyShape};
+
+/// A small grouped-query-attention shape (8 query heads over 2 kv heads).
+pub fn gqa_shape() -> TinyShape {
+    TinyShape {
+        layers: 2,
+        dim: 128,
+        heads: 8,
+        kv_heads: 2,
+        vocab: 512,
+        ffn: 256,
+        context: 1024,
+    }
+}
+
+/// The same width with plain multi-head attention.
+pub fn mha_shape() -> TinyShape {
+    TinyShape {
+        layers: 2,
+        dim: 128,
+        heads: 4,
+        kv_heads: 4,
+        vocab: 512,
+        ffn: 256,
+        context: 1024,
+    }
+}
+
+fn root() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
+/// Writes (once per test binary) a tiny model and returns its directory.
+pub fn model_dir(shape: &TinyShape, quant: GgmlDType, seed: u64) -> PathBuf {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = root().join(format!(
+        "{}l{}d{}h{}kv{}v{}f-{:?}-{seed}",
+        shape.layers, shape.dim, shape.heads, shape.kv_heads, shape.vocab, shape.ffn, quant
+    ));
+    if !dir.join("model.gguf").exists() {
+        tiny::write(&dir, shape, quant, seed).expect("write tiny model");
+    }
+    dir
+}
+
+/// Loads a generated model through the production loader.
+pub fn engine(shape: &TinyShape, quant: GgmlDType, seed: u64) -> (Engine, PathBuf) {
+    let dir = model_dir(shape, quant, seed);
+    let e = Engine::load(
+        &dir.join("model.gguf"),
+        &dir.join("tokenizer.json"),
+        &candle_core::Device::Cpu,
+    )
+    .expect("load engine");
+    (e, dir)
+}
+
+/// Documents of very different lengths (1 to ~300 tokens).
+pub fn varied_docs() -> Vec<String> {
+    let words = [
+        "invoice", "crash", "password", "refund", "server", "login", "the", "and", "my", "account",
+        "error", "payment", "please", "help", "today", "update", "team", "price", "slow", "delete",
+    ];
+    (0..18)
+        .map(|i| {
+            let n = [
+                1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 4, 6, 9, 30, 70, 120, 7,
+            ][i];
+            (0..n)
+                .map(|j| words[(i * 7 + j * 3) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt() as f32
+}
+
+/// Largest |a − b|.
+pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

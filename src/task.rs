@@ -343,7 +343,7 @@ mod tests {
 
     #[test]
     fn template_splits_at_the_slot() {
-        let t = one("[[task]]\nname='t'\nlabels=['a','b']\ntemplate='Classify ({{labels}}): {{text}}\\nAnswer:'")
+        let t = one("[[task]]\nname='t'\nlabels=['a','b']\ntemplate=\"Classify ({{labels}}): {{text}}\\nAnswer:\"")
             .unwrap();
         let p = t.prompt().unwrap();
         assert_eq!(p.prefix, "Classify (a, b): ");

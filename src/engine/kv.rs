@@ -1,8 +1,9 @@
 //! KV caches as plain values: a prefix cache shared by a batch, or per-row caches from an earlier pass.
 
-use candle_core::{Result, Tensor};
+use candle_core::Tensor;
 
-/// Keys and values of one layer, each `[batch, n_kv_heads, seq, head_dim]`.
+/// Keys and values of one layer, each `[1, n_kv_heads, seq, head_dim]` (a packed batch is one long
+/// sequence whose rows are spans).
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     /// Keys (rotary embedding already applied).
@@ -24,31 +25,11 @@ impl KvCache {
         self.layers.first().map(|l| l.k.dims()[2]).unwrap_or(0)
     }
 
-    /// Number of rows (1 for a shared prefix).
-    pub fn batch(&self) -> usize {
-        self.layers.first().map(|l| l.k.dims()[0]).unwrap_or(0)
-    }
-
     /// Bytes held by the keys and values.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
             .map(|l| (l.k.elem_count() + l.v.elem_count()) * l.k.dtype().size_in_bytes())
             .sum()
-    }
-
-    /// Keeps only the first `len` positions (drops padding columns).
-    pub fn narrow(&self, len: usize) -> Result<Self> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(LayerKv {
-                    k: l.k.narrow(2, 0, len)?.contiguous()?,
-                    v: l.v.narrow(2, 0, len)?.contiguous()?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { layers })
     }
 }

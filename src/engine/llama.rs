@@ -1,5 +1,7 @@
 //! The LLaMA 2 forward pass with explicit state: caches and masks go in as values, new KV comes out.
 
+use std::ops::Range;
+
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
@@ -27,18 +29,19 @@ struct Rope {
     sin: Tensor,
 }
 
-/// One forward step over a padded batch.
+/// One forward step over a packed batch: the rows' tokens are concatenated, no padding.
 pub struct Step<'a> {
-    /// Token ids `[b, t]` (u32).
+    /// Token ids of all rows, concatenated `[n]` (u32).
     pub tokens: &'a Tensor,
-    /// Absolute position of every token `[b, t]` (u32), for the rotary embedding.
+    /// Absolute position of every token `[n]` (u32), for the rotary embedding.
     pub positions: &'a Tensor,
-    /// A prefix every row continues (batch 1), read-only.
+    /// Each row's span in `tokens`.
+    pub rows: &'a [Range<usize>],
+    /// A prefix every row continues (one sequence), read-only.
     pub shared: Option<&'a KvCache>,
-    /// Per-row keys from an earlier pass (batch b, padded), placed after this step's own keys.
-    pub context: Option<&'a KvCache>,
-    /// One additive mask per row, `[len, len + ctx_len]`: the row's real tokens (`len <= t`, the
-    /// rest of the row is padding) and the real length of its context (0 without context).
+    /// Keys from an earlier packed pass and each row's span in it, placed after the row's own keys.
+    pub context: Option<(&'a KvCache, &'a [Range<usize>])>,
+    /// One additive mask per row, `[len, len + ctx_len]`.
     pub masks: &'a [Tensor],
     /// Return this step's keys and values (for a later pass that continues these rows).
     pub keep_kv: bool,
@@ -46,9 +49,9 @@ pub struct Step<'a> {
 
 /// What a step produces.
 pub struct StepOutput {
-    /// Final hidden states before the output norm, `[b, t, dim]`.
+    /// Final hidden states before the output norm, `[n, dim]`.
     pub hidden: Tensor,
-    /// This step's keys and values, when asked for.
+    /// This step's keys and values `[1, n_kv_heads, n, head_dim]` per layer, when asked for.
     pub kv: Option<KvCache>,
 }
 
@@ -135,13 +138,10 @@ impl Llama {
 
     /// Runs every block over `step` and returns the final hidden states (and KV when asked).
     pub fn forward(&self, step: &Step) -> Result<StepOutput> {
-        let (b, t) = step.tokens.dims2()?;
-        let (hd, n_kv) = (self.hp.head_dim(), self.hp.n_kv_heads);
-        let group = self.hp.n_heads / n_kv;
-        let mut x = self
-            .tok_embd
-            .embedding(&step.tokens.flatten_all()?)?
-            .reshape((b, t, self.hp.dim))?;
+        let n = step.tokens.dim(0)?;
+        let (hd, n_kv, n_heads) = (self.hp.head_dim(), self.hp.n_kv_heads, self.hp.n_heads);
+        let group = n_heads / n_kv;
+        let mut x = self.tok_embd.embedding(step.tokens)?;
         let (cos, sin) = self.rope.at(step.positions)?;
         let masks: Vec<Tensor> = step
             .masks
@@ -151,32 +151,33 @@ impl Llama {
         let mut kept = Vec::with_capacity(if step.keep_kv { self.blocks.len() } else { 0 });
         for (i, blk) in self.blocks.iter().enumerate() {
             let h = blk.attn_norm.forward(&x)?;
-            // [b, t, heads * hd] -> [b, heads, t, hd]: query head h pairs with kv head h / group.
-            let heads =
-                |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
-            let q = candle_nn::rotary_emb::rope_i(
-                &heads(blk.wq.forward(&h)?, self.hp.n_heads)?,
-                &cos,
-                &sin,
-            )?;
+            // [n, heads * hd] -> [1, heads, n, hd]: query head h pairs with kv head h / group.
+            let heads = |y: Tensor, nh: usize| {
+                y.reshape((n, nh, hd))?
+                    .transpose(0, 1)?
+                    .unsqueeze(0)?
+                    .contiguous()
+            };
+            let q =
+                candle_nn::rotary_emb::rope_i(&heads(blk.wq.forward(&h)?, n_heads)?, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&heads(blk.wk.forward(&h)?, n_kv)?, &cos, &sin)?;
             let v = heads(blk.wv.forward(&h)?, n_kv)?;
             let shared = step.shared.map(|s| &s.layers[i]);
-            let context = step.context.map(|c| &c.layers[i]);
-            let mut outs = Vec::with_capacity(b);
-            for (r, mask) in masks.iter().enumerate() {
-                let (len, width) = (mask.dim(3)?, mask.dim(4)?);
-                let own = |x: &Tensor| x.narrow(0, r, 1)?.narrow(2, 0, len)?.contiguous();
+            let mut outs = Vec::with_capacity(step.rows.len());
+            for (r, (span, mask)) in step.rows.iter().zip(&masks).enumerate() {
+                let len = span.len();
+                let own = |x: &Tensor| x.narrow(2, span.start, len)?.contiguous();
                 let mut rows = LayerKv {
                     k: own(&k)?,
                     v: own(&v)?,
                 };
-                if let Some(c) = context {
-                    let ctx =
-                        |x: &Tensor| x.narrow(0, r, 1)?.narrow(2, 0, width - len)?.contiguous();
+                if let Some((ctx, spans)) = step.context {
+                    let c = &ctx.layers[i];
+                    let cs = &spans[r];
+                    let ctx_part = |x: &Tensor| x.narrow(2, cs.start, cs.len())?.contiguous();
                     rows = LayerKv {
-                        k: Tensor::cat(&[&rows.k, &ctx(&c.k)?], 2)?,
-                        v: Tensor::cat(&[&rows.v, &ctx(&c.v)?], 2)?,
+                        k: Tensor::cat(&[&rows.k, &ctx_part(&c.k)?], 2)?,
+                        v: Tensor::cat(&[&rows.v, &ctx_part(&c.v)?], 2)?,
                     };
                 }
                 let q_r = own(&q)?.reshape((1, n_kv, group * len, hd))?;
@@ -186,17 +187,12 @@ impl Llama {
                     rows: &rows,
                     mask,
                     group,
-                })?
-                .reshape((1, self.hp.n_heads, len, hd))?;
-                outs.push(if len < t {
-                    o.pad_with_zeros(2, 0, t - len)?
-                } else {
-                    o
-                });
+                })?;
+                outs.push(o.reshape((n_heads, len, hd))?);
             }
-            let o = Tensor::cat(&outs, 0)?
-                .transpose(1, 2)?
-                .reshape((b, t, self.hp.dim))?;
+            let o = Tensor::cat(&outs, 1)?
+                .transpose(0, 1)?
+                .reshape((n, self.hp.dim))?;
             x = (x + blk.wo.forward(&o)?)?;
             let h = blk.ffn_norm.forward(&x)?;
             let gate = candle_nn::ops::silu(&blk.w_gate.forward(&h)?)?;
@@ -209,20 +205,19 @@ impl Llama {
         Ok(StepOutput { hidden: x, kv })
     }
 
-    /// Logits over the full vocabulary for selected rows of `hidden` (`[b, t, dim]`, flat indices
-    /// `row * t + pos`): only these positions go through the output norm and the LM head.
-    pub fn logits_at(&self, hidden: &Tensor, flat_positions: &[u32]) -> Result<Tensor> {
-        let (b, t, dim) = hidden.dims3()?;
-        let idx = Tensor::from_slice(flat_positions, flat_positions.len(), &self.device)?;
-        let h = hidden.reshape((b * t, dim))?.index_select(&idx, 0)?;
+    /// Logits over the full vocabulary at selected token indices of `hidden` (`[n, dim]`): only
+    /// these positions go through the output norm and the LM head.
+    pub fn logits_at(&self, hidden: &Tensor, indices: &[u32]) -> Result<Tensor> {
+        let idx = Tensor::from_slice(indices, indices.len(), &self.device)?;
+        let h = hidden.index_select(&idx, 0)?;
         self.output
             .forward(&self.norm.forward(&h)?)?
             .to_dtype(DType::F32)
     }
 
     /// `log_softmax` of [`Self::logits_at`].
-    pub fn log_probs_at(&self, hidden: &Tensor, flat_positions: &[u32]) -> Result<Tensor> {
-        candle_nn::ops::log_softmax(&self.logits_at(hidden, flat_positions)?, 1)
+    pub fn log_probs_at(&self, hidden: &Tensor, indices: &[u32]) -> Result<Tensor> {
+        candle_nn::ops::log_softmax(&self.logits_at(hidden, indices)?, 1)
     }
 }
 
@@ -247,13 +242,11 @@ impl Rope {
         })
     }
 
-    /// Tables for positions `[b, t]`, shaped `[b, t, hd / 2]`.
+    /// Tables for positions `[n]`, shaped `[n, hd / 2]`.
     fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t) = positions.dims2()?;
-        let flat = positions.flatten_all()?;
-        let half = self.cos.dim(1)?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, t, half))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, t, half))?;
-        Ok((cos, sin))
+        Ok((
+            self.cos.index_select(positions, 0)?,
+            self.sin.index_select(positions, 0)?,
+        ))
     }
 }

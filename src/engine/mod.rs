@@ -1,6 +1,7 @@
 //! The model side: load a LLaMA GGUF, cache task prefixes, run padded batches, score labels.
 //!
-//! A batch is scored in at most two forward passes over the document tokens only:
+//! A batch is packed end to end (no padding) and scored in at most two forward passes over the
+//! document tokens only:
 //! 1. `document + suffix` for every row on top of the shared prefix KV; log-probabilities are taken
 //!    at each row's last real position (the label's first token).
 //! 2. Only when some label has several tokens: the label trie's internal nodes for every row, on top
@@ -17,6 +18,7 @@ pub mod prepared;
 pub mod scoring;
 pub mod tokenizer;
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -109,9 +111,8 @@ impl Engine {
     pub fn prefix_kv(&self, task: &PreparedTask) -> Result<Arc<KvCache>, EngineError> {
         let key = prefix_key(&self.model_id, &task.prefix_ids);
         self.prefix_cache.get_or_compute(key, || {
-            let ids = &task.prefix_ids;
-            let out = self.run_rows(None, 0, &[ids.as_slice()], true)?;
-            Ok(out.1.expect("keep_kv was requested"))
+            let pass = self.run_rows(None, 0, std::slice::from_ref(&task.prefix_ids), true)?;
+            Ok(pass.kv.expect("keep_kv was requested"))
         })
     }
 
@@ -155,15 +156,11 @@ impl Engine {
             .iter()
             .map(|d| [*d, &task.suffix_ids].concat())
             .collect();
-        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let (hidden, _) = self.run_rows(Some(&prefix), task.prefix_ids.len(), &refs, false)?;
-        let t = hidden.dim(1)?;
-        let last: Vec<u32> = rows
-            .iter()
-            .enumerate()
-            .map(|(r, row)| (r * t + row.len() - 1) as u32)
-            .collect();
-        Ok(self.model.logits_at(&hidden, &last)?.to_vec2::<f32>()?)
+        let pass = self.run_rows(Some(&prefix), task.prefix_ids.len(), &rows, false)?;
+        Ok(self
+            .model
+            .logits_at(&pass.hidden, &pass.last_indices())?
+            .to_vec2::<f32>()?)
     }
 
     fn score_rows(
@@ -175,24 +172,17 @@ impl Engine {
     ) -> Result<Vec<LabelScores>, EngineError> {
         let dev = self.model.device();
         let trie = &task.trie;
-        let row_refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let (hidden, kv) = self.run_rows(shared, start, &row_refs, trie.has_continuations())?;
-        let t = hidden.dim(1)?;
-        let last: Vec<u32> = rows
-            .iter()
-            .enumerate()
-            .map(|(r, row)| (r * t + row.len() - 1) as u32)
-            .collect();
+        let pass = self.run_rows(shared, start, rows, trie.has_continuations())?;
         let first_cols = Tensor::from_slice(&trie.first_tokens, trie.first_tokens.len(), dev)?;
         let first = self
             .model
-            .log_probs_at(&hidden, &last)?
+            .log_probs_at(&pass.hidden, &pass.last_indices())?
             .index_select(&first_cols, 1)?
             .to_vec2::<f32>()?;
 
         // Second pass: every internal trie node for every row, continuing that row's own KV.
-        let steps = match kv {
-            Some(kv) => Some(self.run_label_trie(task, shared, start, rows, &kv)?),
+        let steps = match &pass.kv {
+            Some(kv) => Some(self.run_label_trie(task, shared, start, rows, kv, &pass.spans)?),
             None => None,
         };
         let n = trie.nodes.len();
@@ -205,40 +195,39 @@ impl Engine {
             .collect())
     }
 
-    /// Forward over right-padded rows starting at absolute position `start` after `shared`.
-    /// Returns hidden states `[b, t, dim]` and, when `keep_kv`, the rows' KV.
+    /// Forward over rows packed end to end, each starting at absolute position `start` after `shared`.
     fn run_rows(
         &self,
         shared: Option<&KvCache>,
         start: usize,
-        rows: &[&[u32]],
+        rows: &[Vec<u32>],
         keep_kv: bool,
-    ) -> Result<(Tensor, Option<KvCache>), EngineError> {
+    ) -> Result<Pass, EngineError> {
         let dev = self.model.device();
-        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let b = rows.len();
-        let mut tokens = vec![0u32; b * t];
-        for (r, row) in rows.iter().enumerate() {
-            tokens[r * t..r * t + row.len()].copy_from_slice(row);
-        }
-        let positions: Vec<u32> = (0..b)
-            .flat_map(|_| (0..t).map(|i| (start + i) as u32))
+        let spans = spans(rows.iter().map(Vec::len));
+        let tokens: Vec<u32> = rows.concat();
+        let positions: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| (0..r.len()).map(|i| (start + i) as u32))
             .collect();
         let masks: Vec<Tensor> = rows
             .iter()
             .map(|r| mask::causal(r.len(), dev))
             .collect::<candle_core::Result<_>>()?;
-        let tokens = Tensor::from_vec(tokens, (b, t), dev)?;
-        let positions = Tensor::from_vec(positions, (b, t), dev)?;
         let out = self.model.forward(&Step {
-            tokens: &tokens,
-            positions: &positions,
+            tokens: &Tensor::new(tokens, dev)?,
+            positions: &Tensor::new(positions, dev)?,
+            rows: &spans,
             shared,
             context: None,
             masks: &masks,
             keep_kv,
         })?;
-        Ok((out.hidden, out.kv))
+        Ok(Pass {
+            hidden: out.hidden,
+            kv: out.kv,
+            spans,
+        })
     }
 
     /// The label pass: returns, for every `row * nodes + node`, log-probs of `trie.step_tokens`.
@@ -249,11 +238,13 @@ impl Engine {
         start: usize,
         rows: &[Vec<u32>],
         ctx: &KvCache,
+        ctx_spans: &[Range<usize>],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let dev = self.model.device();
         let trie = &task.trie;
-        let (b, n) = (rows.len(), trie.nodes.len());
-        let tokens: Vec<u32> = (0..b)
+        let n = trie.nodes.len();
+        let tokens: Vec<u32> = rows
+            .iter()
             .flat_map(|_| trie.nodes.iter().map(|nd| nd.token))
             .collect();
         let positions: Vec<u32> = rows
@@ -269,17 +260,16 @@ impl Engine {
             .iter()
             .map(|r| mask::tree_then_context(r.len(), &ancestors, dev))
             .collect::<candle_core::Result<_>>()?;
-        let tokens = Tensor::from_vec(tokens, (b, n), dev)?;
-        let positions = Tensor::from_vec(positions, (b, n), dev)?;
         let out = self.model.forward(&Step {
-            tokens: &tokens,
-            positions: &positions,
+            tokens: &Tensor::new(tokens, dev)?,
+            positions: &Tensor::new(positions, dev)?,
+            rows: &spans(rows.iter().map(|_| n)),
             shared,
-            context: Some(ctx),
+            context: Some((ctx, ctx_spans)),
             masks: &masks,
             keep_kv: false,
         })?;
-        let all: Vec<u32> = (0..(b * n) as u32).collect();
+        let all: Vec<u32> = (0..(rows.len() * n) as u32).collect();
         let cols = Tensor::from_slice(&trie.step_tokens, trie.step_tokens.len(), dev)?;
         Ok(self
             .model
@@ -287,4 +277,29 @@ impl Engine {
             .index_select(&cols, 1)?
             .to_vec2::<f32>()?)
     }
+}
+
+/// The result of a packed forward pass.
+struct Pass {
+    hidden: Tensor,
+    kv: Option<KvCache>,
+    spans: Vec<Range<usize>>,
+}
+
+impl Pass {
+    /// Index of each row's last token in the packed sequence.
+    fn last_indices(&self) -> Vec<u32> {
+        self.spans.iter().map(|s| (s.end - 1) as u32).collect()
+    }
+}
+
+/// Consecutive spans for rows of the given lengths.
+fn spans(lens: impl Iterator<Item = usize>) -> Vec<Range<usize>> {
+    let mut at = 0;
+    lens.map(|l| {
+        let s = at..at + l;
+        at += l;
+        s
+    })
+    .collect()
 }

@@ -141,6 +141,27 @@ impl PreparedTask {
         })
     }
 
+    /// A task given directly as token ids (synthetic workloads: `bench`, criterion).
+    pub fn from_ids(
+        name: &str,
+        prefix_ids: Vec<u32>,
+        suffix_ids: Vec<u32>,
+        labels: Vec<(String, Vec<u32>)>,
+    ) -> Self {
+        let (labels, label_ids): (Vec<String>, Vec<Vec<u32>>) = labels.into_iter().unzip();
+        Self {
+            name: name.to_string(),
+            prefix_ids,
+            suffix_ids,
+            trie: LabelTrie::new(&label_ids),
+            labels,
+            label_ids,
+            max_doc_tokens: usize::MAX,
+            truncation: Truncation::Head,
+            temperature: 1.0,
+        }
+    }
+
     /// Applies the truncation policy to a document's tokens.
     pub fn fit(&self, mut ids: Vec<u32>) -> Result<FittedDoc, DocError> {
         let n = ids.len();

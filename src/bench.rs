@@ -1,0 +1,99 @@
+//! `labelmill bench`: synthetic documents through the engine, timed; one JSON line of figures.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+
+use crate::engine::prepared::PreparedTask;
+use crate::engine::{Engine, EngineError};
+
+/// The synthetic workload.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchWorkload {
+    /// Documents per run.
+    pub docs: usize,
+    /// Tokens per document.
+    pub doc_tokens: usize,
+    /// Tokens in the shared prompt prefix (BOS included).
+    pub prefix_tokens: usize,
+    /// Documents per forward pass.
+    pub batch_size: usize,
+    /// Timed runs (the median is reported).
+    pub runs: usize,
+    /// Seed of the synthetic token ids.
+    pub seed: u64,
+}
+
+/// The figures `bench` prints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Model file name.
+    pub model: String,
+    /// Weight quantisation.
+    pub quant: String,
+    /// Compute threads.
+    pub threads: usize,
+    /// The workload.
+    #[serde(flatten)]
+    pub workload: BenchWorkload,
+    /// Documents per second (median run).
+    pub docs_per_s: f64,
+    /// Document tokens per second (median run).
+    pub doc_tokens_per_s: f64,
+    /// Prefix tokens not recomputed thanks to the prefix cache, per run.
+    pub prefix_tokens_saved: usize,
+    /// One-time cost of computing the prefix KV, in milliseconds.
+    pub prefix_ms: f64,
+    /// Seconds of each timed run.
+    pub run_seconds: Vec<f64>,
+}
+
+/// Runs the workload on `engine`.
+pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineError> {
+    let info = engine.info();
+    let vocab = info.hparams.vocab_size as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(w.seed);
+    // Ids from 259 up: past the special and byte tokens of a LLaMA vocabulary.
+    let mut ids = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(259.min(vocab - 1)..vocab))
+            .collect()
+    };
+    let mut prefix = vec![info.hparams.bos_token_id];
+    prefix.extend(ids(w.prefix_tokens.saturating_sub(1)));
+    let suffix = ids(3);
+    let labels = (0..4).map(|i| (format!("label{i}"), ids(1))).collect();
+    let task = PreparedTask::from_ids("bench", prefix, suffix, labels);
+    let docs: Vec<Vec<u32>> = (0..w.docs).map(|_| ids(w.doc_tokens)).collect();
+
+    let t0 = Instant::now();
+    engine.prefix_kv(&task)?;
+    let prefix_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // Warm-up: one batch, so allocations and packed weights are in place before timing.
+    let warm: Vec<&[u32]> = docs.iter().take(w.batch_size).map(Vec::as_slice).collect();
+    engine.score(&task, &warm)?;
+
+    let mut run_seconds = Vec::with_capacity(w.runs);
+    for _ in 0..w.runs.max(1) {
+        let t = Instant::now();
+        for chunk in docs.chunks(w.batch_size.max(1)) {
+            let batch: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+            engine.score(&task, &batch)?;
+        }
+        run_seconds.push(t.elapsed().as_secs_f64());
+    }
+    let mut sorted = run_seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    Ok(BenchReport {
+        model: info.name,
+        quant: info.quant,
+        threads: candle_core::utils::get_num_threads(),
+        workload: w.clone(),
+        docs_per_s: w.docs as f64 / median,
+        doc_tokens_per_s: (w.docs * w.doc_tokens) as f64 / median,
+        prefix_tokens_saved: w.docs * w.prefix_tokens,
+        prefix_ms,
+        run_seconds,
+    })
+}

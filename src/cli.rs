@@ -1,0 +1,270 @@
+//! Command-line interface: `classify`, `tiny-model`, `bench`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::batch::BatchLimits;
+use crate::bench::BenchWorkload;
+use crate::classify::ClassifyOptions;
+use crate::engine::prepared::PreparedTask;
+use crate::engine::Engine;
+use crate::task::TaskFile;
+use crate::tiny::{self, TinyShape};
+
+/// labelmill: classify documents with a quantised LLaMA model.
+#[derive(Debug, Parser)]
+#[command(name = "labelmill", version, about)]
+pub struct Cli {
+    /// Compute threads (default: all cores; same as RAYON_NUM_THREADS).
+    #[arg(long, global = true, env = "LABELMILL_THREADS")]
+    pub threads: Option<usize>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "LABELMILL_LOG_JSON")]
+    pub log_json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify a JSONL file (or stdin) without a broker.
+    Classify(ClassifyArgs),
+    /// Write a random-weight LLaMA GGUF and its tokenizer (for tests, benchmarks, trying things).
+    TinyModel(TinyModelArgs),
+    /// Time the engine on synthetic documents; prints one JSON line.
+    Bench(BenchArgs),
+}
+
+/// Model files.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A LLaMA-architecture GGUF file.
+    #[arg(long, env = "LABELMILL_MODEL")]
+    pub model: PathBuf,
+    /// The model's HuggingFace tokenizer.json.
+    #[arg(long, env = "LABELMILL_TOKENIZER")]
+    pub tokenizer: PathBuf,
+}
+
+/// `classify` arguments.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Task definitions (TOML).
+    #[arg(long, env = "LABELMILL_TASKS")]
+    tasks: PathBuf,
+    /// Input JSONL file, or - for stdin.
+    #[arg(long, default_value = "-")]
+    input: String,
+    /// Output JSONL file, or - for stdout.
+    #[arg(long, default_value = "-")]
+    output: String,
+    /// Most documents per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Most tokens (summed over the batch) per forward pass.
+    #[arg(long, default_value_t = 8192)]
+    max_batch_tokens: usize,
+    /// Documents read ahead and scored together (memory bound; larger packs batches better).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Longest accepted input line, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_line_bytes: usize,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// `tiny-model` arguments.
+#[derive(Debug, Args)]
+pub struct TinyModelArgs {
+    /// Output directory (gets model.gguf and tokenizer.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight quantisation: f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k.
+    #[arg(long, default_value = "q8_0")]
+    quant: String,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+/// Shape of a generated model.
+#[derive(Debug, Args, Clone)]
+pub struct ShapeArgs {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = TinyShape::default().layers)]
+    layers: usize,
+    /// Embedding width.
+    #[arg(long, default_value_t = TinyShape::default().dim)]
+    dim: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = TinyShape::default().heads)]
+    heads: usize,
+    /// Key/value heads (fewer than heads: grouped-query attention).
+    #[arg(long, default_value_t = TinyShape::default().kv_heads)]
+    kv_heads: usize,
+    /// Vocabulary size.
+    #[arg(long, default_value_t = TinyShape::default().vocab)]
+    vocab: usize,
+    /// Feed-forward width.
+    #[arg(long, default_value_t = TinyShape::default().ffn)]
+    ffn: usize,
+    /// Context length.
+    #[arg(long, default_value_t = TinyShape::default().context)]
+    context: usize,
+}
+
+impl From<&ShapeArgs> for TinyShape {
+    fn from(a: &ShapeArgs) -> Self {
+        Self {
+            layers: a.layers,
+            dim: a.dim,
+            heads: a.heads,
+            kv_heads: a.kv_heads,
+            vocab: a.vocab,
+            ffn: a.ffn,
+            context: a.context,
+        }
+    }
+}
+
+/// `bench` arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A GGUF to time (default: generate a tiny model with the shape flags).
+    #[arg(long, requires = "tokenizer")]
+    model: Option<PathBuf>,
+    /// Its tokenizer.json.
+    #[arg(long, requires = "model")]
+    tokenizer: Option<PathBuf>,
+    /// Quantisation of the generated model.
+    #[arg(long, default_value = "q8_0")]
+    quant: String,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Documents per run.
+    #[arg(long, default_value_t = 64)]
+    docs: usize,
+    /// Tokens per document.
+    #[arg(long, default_value_t = 64)]
+    doc_tokens: usize,
+    /// Tokens in the shared prefix.
+    #[arg(long, default_value_t = 16)]
+    prefix_tokens: usize,
+    /// Documents per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seed of the synthetic documents and generated weights.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// Runs the parsed command; the exit code says whether every record succeeded.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Classify(a) => classify(a),
+        Command::TinyModel(a) => {
+            let quant = tiny::parse_quant(&a.quant).map_err(anyhow::Error::msg)?;
+            let m = tiny::write(&a.out, &TinyShape::from(&a.shape), quant, a.seed)?;
+            println!("{}\n{}", m.model.display(), m.tokenizer.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(a) => bench(a),
+    }
+}
+
+fn load_engine(m: &ModelArgs) -> Result<Engine> {
+    let device = crate::device()?;
+    let engine = Engine::load(&m.model, &m.tokenizer, &device)?;
+    let info = engine.info();
+    tracing::info!(model = %info.name, quant = %info.quant, layers = info.hparams.n_layers, dim = info.hparams.dim,
+        heads = info.hparams.n_heads, kv_heads = info.hparams.n_kv_heads, "model loaded");
+    Ok(engine)
+}
+
+fn classify(a: ClassifyArgs) -> Result<ExitCode> {
+    let specs = TaskFile::load(&a.tasks)?;
+    let engine = load_engine(&a.model)?;
+    let tasks: Vec<PreparedTask> = specs
+        .task
+        .iter()
+        .map(|s| engine.prepare(s))
+        .collect::<std::result::Result<_, _>>()?;
+    for t in &tasks {
+        // Computing each prefix now turns a broken prompt into a start-up error, not a per-batch one.
+        engine.prefix_kv(t)?;
+        tracing::info!(task = %t.name, prefix_tokens = t.prefix_ids.len(), labels = t.labels.len(), "task ready");
+    }
+    let mut input: Box<dyn BufRead> = if a.input == "-" {
+        Box::new(BufReader::new(std::io::stdin().lock()))
+    } else {
+        Box::new(BufReader::new(
+            File::open(&a.input).with_context(|| format!("opening input {}", a.input))?,
+        ))
+    };
+    let to_file = a.output != "-";
+    let mut output: Box<dyn Write> = if to_file {
+        Box::new(BufWriter::new(
+            File::create(&a.output).with_context(|| format!("creating output {}", a.output))?,
+        ))
+    } else {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    };
+    let opts = ClassifyOptions {
+        limits: BatchLimits {
+            max_docs: a.batch_size,
+            max_tokens: a.max_batch_tokens,
+        },
+        window: a.window.max(1),
+        max_line_bytes: a.max_line_bytes,
+        progress: to_file && !a.no_progress && std::io::stderr().is_terminal(),
+    };
+    let summary = crate::classify::run(&engine, &tasks, &mut input, &mut output, &opts)?;
+    eprintln!("{}", serde_json::to_string(&summary)?);
+    Ok(if summary.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn bench(a: BenchArgs) -> Result<ExitCode> {
+    let tmp;
+    let (model, tokenizer) = match (a.model, a.tokenizer) {
+        (Some(m), Some(t)) => (m, t),
+        (None, None) => {
+            tmp = tempfile::tempdir()?;
+            let quant = tiny::parse_quant(&a.quant).map_err(anyhow::Error::msg)?;
+            let m = tiny::write(tmp.path(), &TinyShape::from(&a.shape), quant, a.seed)?;
+            (m.model, m.tokenizer)
+        }
+        _ => bail!("--model and --tokenizer go together"),
+    };
+    let engine = load_engine(&ModelArgs { model, tokenizer })?;
+    let workload = BenchWorkload {
+        docs: a.docs,
+        doc_tokens: a.doc_tokens,
+        prefix_tokens: a.prefix_tokens,
+        batch_size: a.batch_size,
+        runs: a.runs,
+        seed: a.seed,
+    };
+    let report = crate::bench::run(&engine, &workload)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}

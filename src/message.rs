@@ -45,12 +45,13 @@ impl LabelResult {
         meta: Option<Value>,
     ) -> Self {
         let best = s.best();
-        let scores = task
-            .labels
-            .iter()
-            .zip(&s.probs)
-            .map(|(l, p)| (l.clone(), Value::from(*p)))
-            .collect();
+        let scores = LabelProbs(
+            task.labels
+                .iter()
+                .cloned()
+                .zip(s.probs.iter().copied())
+                .collect(),
+        );
         Self {
             id,
             task: task.name.clone(),

@@ -12,10 +12,22 @@ use labelmill::tiny::{self, TinyShape};
 
 fn forward(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let shape = TinyShape { layers: 4, dim: 512, heads: 8, kv_heads: 4, vocab: 2048, ffn: 1408, context: 2048 };
+    let shape = TinyShape {
+        layers: 4,
+        dim: 512,
+        heads: 8,
+        kv_heads: 4,
+        vocab: 2048,
+        ffn: 1408,
+        context: 2048,
+    };
     let m = tiny::write(dir.path(), &shape, GgmlDType::Q8_0, 1).expect("tiny model");
     let engine = Engine::load(&m.model, &m.tokenizer, &Device::Cpu).expect("load");
-    let ids = |n: usize, salt: u32| -> Vec<u32> { (0..n as u32).map(|i| 300 + (i * 37 + salt * 101) % 1700).collect() };
+    let ids = |n: usize, salt: u32| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| 300 + (i * 37 + salt * 101) % 1700)
+            .collect()
+    };
     let labels = (0..4).map(|i| (format!("l{i}"), vec![400 + i])).collect();
     let task = PreparedTask::from_ids("bench", [vec![1], ids(63, 0)].concat(), ids(3, 1), labels);
     engine.prefix_kv(&task).expect("prefix");

@@ -172,6 +172,9 @@ pub struct BenchArgs {
     /// Seed of the synthetic documents and generated weights.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Baseline without the prefix cache: each document runs its whole prompt, one at a time.
+    #[arg(long)]
+    uncached: bool,
 }
 
 /// Runs the parsed command; the exit code says whether every record succeeded.
@@ -263,6 +266,7 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
         batch_size: a.batch_size,
         runs: a.runs,
         seed: a.seed,
+        uncached: a.uncached,
     };
     let report = crate::bench::run(&engine, &workload)?;
     println!("{}", serde_json::to_string(&report)?);

@@ -66,12 +66,24 @@ fn classify_output_conforms() {
         .arg(dir.join("model.gguf"))
         .arg("--tokenizer")
         .arg(dir.join("tokenizer.json"))
-        .args(["--tasks", "examples/tasks.toml", "--input", "examples/docs.jsonl"])
+        .args([
+            "--tasks",
+            "examples/tasks.toml",
+            "--input",
+            "examples/docs.jsonl",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 7);
     for l in &lines {
         assert_valid(&result, l, "result");
@@ -89,10 +101,18 @@ fn classify_output_conforms() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(bad.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(bad.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let errs: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let errs: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(errs.len(), 2);
     for e in &errs {
         assert_valid(&error, e, "error");

@@ -206,14 +206,16 @@ impl GgufFile {
                 "token_embd.weight has width {embd_dim}, llama.embedding_length says {dim}"
             )));
         }
-        if hparams.n_heads == 0 || hparams.dim % hparams.n_heads != 0 || hparams.head_dim() % 2 != 0
+        if hparams.n_heads == 0
+            || !hparams.dim.is_multiple_of(hparams.n_heads)
+            || !hparams.head_dim().is_multiple_of(2)
         {
             return Err(shape_err(format!(
                 "embedding length {} is not an even multiple of {} heads",
                 hparams.dim, hparams.n_heads
             )));
         }
-        if hparams.n_kv_heads == 0 || hparams.n_heads % hparams.n_kv_heads != 0 {
+        if hparams.n_kv_heads == 0 || !hparams.n_heads.is_multiple_of(hparams.n_kv_heads) {
             return Err(shape_err(format!(
                 "{} query heads cannot be grouped over {} kv heads",
                 hparams.n_heads, hparams.n_kv_heads

@@ -193,20 +193,20 @@ fn check_shape(s: &TinyShape, q: GgmlDType) -> Result<(), TinyError> {
     if s.layers == 0 || s.heads == 0 || s.kv_heads == 0 {
         return bad("layers, heads and kv-heads must be at least 1".into());
     }
-    if s.dim % s.heads != 0 || (s.dim / s.heads) % 2 != 0 {
+    if !s.dim.is_multiple_of(s.heads) || !(s.dim / s.heads).is_multiple_of(2) {
         return bad(format!(
             "dim {} must be an even multiple of heads {}",
             s.dim, s.heads
         ));
     }
-    if s.heads % s.kv_heads != 0 {
+    if !s.heads.is_multiple_of(s.kv_heads) {
         return bad(format!(
             "heads {} must be a multiple of kv-heads {}",
             s.heads, s.kv_heads
         ));
     }
     let block = q.block_size();
-    if s.dim % block != 0 || s.ffn % block != 0 {
+    if !s.dim.is_multiple_of(block) || !s.ffn.is_multiple_of(block) {
         return bad(format!(
             "{q:?} packs {block} values per block: dim {} and ffn {} must be multiples",
             s.dim, s.ffn

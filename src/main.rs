@@ -8,8 +8,9 @@ use labelmill::cli::{self, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        // candle sizes its thread pools from this variable on first use, which has not happened yet.
+        // candle sizes its thread pools from these variables on first use, which has not happened yet.
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.max(1).to_string());
     }
     init_tracing(cli.log_json);
     match cli::run(cli) {

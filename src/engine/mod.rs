@@ -125,6 +125,11 @@ impl Engine {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
+        if docs.iter().any(|d| d.is_empty()) && task.suffix_ids.is_empty() {
+            return Err(EngineError(candle_core::Error::msg(
+                "a document with no tokens and no suffix has no position to score",
+            )));
+        }
         let prefix = self.prefix_kv(task)?;
         let rows: Vec<Vec<u32>> = docs
             .iter()

@@ -1,13 +1,12 @@
 //! The HuggingFace `tokenizer.json` a model ships with, checked against the model's vocabulary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::load::LoadError;
 
 /// A loaded tokenizer.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
-    path: PathBuf,
 }
 
 impl TextTokenizer {
@@ -30,10 +29,7 @@ impl TextTokenizer {
                 model: model_vocab,
             });
         }
-        Ok(Self {
-            inner,
-            path: path.to_path_buf(),
-        })
+        Ok(Self { inner })
     }
 
     /// Token ids of `text`, without special tokens (BOS is added by the prompt, once).
@@ -42,16 +38,6 @@ impl TextTokenizer {
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizeError(e.to_string()))
-    }
-
-    /// Text of `ids` (for messages and debugging).
-    pub fn decode(&self, ids: &[u32]) -> String {
-        self.inner.decode(ids, false).unwrap_or_default()
-    }
-
-    /// The file this tokenizer came from.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

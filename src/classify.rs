@@ -17,7 +17,8 @@ use crate::message::{ErrorLine, LabelResult};
 pub struct ClassifyOptions {
     /// Batch limits for the engine.
     pub limits: BatchLimits,
-    /// Documents read ahead before a window is scored (bounds memory; larger packs batches better).
+    /// Records read ahead before a window is scored and written (bounds memory; larger packs
+    /// batches better).
     pub window: usize,
     /// Longest accepted input line in bytes (`payload_too_large` beyond).
     pub max_line_bytes: usize,
@@ -88,7 +89,6 @@ pub fn run(
     let bar = opts.progress.then(progress_bar);
     let mut summary = ClassifySummary::default();
     let mut window: Vec<Entry> = Vec::with_capacity(opts.window);
-    let mut pending = 0;
     let mut line_no = 0u64;
     let mut buf = Vec::new();
     let started = Instant::now();
@@ -114,14 +114,13 @@ pub fn run(
             opts.max_line_bytes,
             line_no,
         );
-        pending += matches!(slot, Slot::Pending { .. }) as usize;
         window.push(Entry {
             line: line_no,
             slot,
         });
-        if pending >= opts.window {
+        // Every entry counts, error lines too: memory stays bounded whatever the input holds.
+        if window.len() >= opts.window {
             flush(engine, tasks, &mut window, output, opts, &mut summary)?;
-            pending = 0;
         }
         if let Some(b) = &bar {
             b.set_position(summary.records);
@@ -295,7 +294,8 @@ fn read_line_bounded(
             break;
         }
     }
-    if buf.last() == Some(&b'\r') {
+    // Only a line kept whole ends where the input line ended; a cut one has no \r to strip.
+    if size == buf.len() && buf.last() == Some(&b'\r') {
         buf.pop();
         size -= 1;
     }

@@ -29,15 +29,19 @@ truncation = "reject"
 "#;
 
 fn classify(dir: &Path, input: &[u8], extra: &[&str]) -> Output {
-    let tasks = dir.join("cli-tasks.toml");
-    std::fs::write(&tasks, TASKS).unwrap();
+    // One task file per call: tests run in parallel and must not rewrite a file another reads.
+    let tasks = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile_in(dir)
+        .unwrap();
+    std::fs::write(tasks.path(), TASKS).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
         .args(["classify", "--model"])
         .arg(dir.join("model.gguf"))
         .arg("--tokenizer")
         .arg(dir.join("tokenizer.json"))
         .arg("--tasks")
-        .arg(&tasks)
+        .arg(tasks.path())
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -171,9 +175,53 @@ fn oversized_line_is_payload_too_large() {
     let input = format!("{big}{{\"id\": \"after\", \"task\": \"ticket\", \"text\": \"hi\"}}\n");
     let out = classify(&dir, input.as_bytes(), &["--max-line-bytes", "2000"]);
     let results = lines(&out.stdout);
+    assert_eq!(results.len(), 2);
     assert_eq!(results[0]["error"]["code"], "payload_too_large");
     assert_eq!(results[1]["id"], "after");
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// Error lines count towards the read-ahead window: a stream of bad records is written as it goes,
+/// not held until enough good documents arrive.
+#[test]
+fn error_lines_are_flushed_window_by_window() {
+    use std::io::{BufRead, BufReader};
+    let dir = model_dir(&gqa_shape(), GgmlDType::Q8_0, 21);
+    let tasks = dir.join("flush-tasks.toml");
+    std::fs::write(&tasks, TASKS).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
+        .args(["classify", "--window", "4", "--model"])
+        .arg(dir.join("model.gguf"))
+        .arg("--tokenizer")
+        .arg(dir.join("tokenizer.json"))
+        .arg("--tasks")
+        .arg(&tasks)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Four bad lines fill the window; stdin stays open, so only a window flush can emit them.
+    stdin.write_all(b"{bad\n{bad\n{bad\n{bad\n").unwrap();
+    stdin.flush().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().take(4) {
+            tx.send(line.unwrap()).unwrap();
+        }
+    });
+    for _ in 0..4 {
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+            child.kill().unwrap();
+            panic!("error lines were held back instead of flushed with their window");
+        };
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["error"]["code"], "malformed_json");
+    }
+    drop(stdin);
+    assert_eq!(child.wait().unwrap().code(), Some(1));
 }
 
 #[test]

@@ -179,3 +179,53 @@ fn multi_token_and_shared_first_token_labels_are_exact_sums() {
         );
     }
 }
+
+/// A model with tied embeddings (no `output.weight`) uses its embedding as the LM head.
+#[test]
+fn tied_embeddings_match_reference() {
+    use candle_core::quantized::gguf_file::{self, Content};
+    let src = common::model_dir(&gqa_shape(), GgmlDType::F32, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::open(src.join("model.gguf")).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = c
+        .tensor_infos
+        .keys()
+        .filter(|n| n.as_str() != "output.weight")
+        .map(|n| {
+            (
+                n.clone(),
+                c.tensor(&mut f, n, &candle_core::Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    let md: Vec<(&str, &candle_core::quantized::gguf_file::Value)> =
+        c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::fs::File::create(dir.path().join("model.gguf")).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+    std::fs::copy(
+        src.join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+
+    let e = Engine::load(
+        &dir.path().join("model.gguf"),
+        &dir.path().join("tokenizer.json"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let r = RefModel::load(&dir.path().join("model.gguf"));
+    let t = prepared(&e, TASK);
+    let d = doc(&e, &t, "my invoice is wrong");
+    let got = e.next_token_logits(&t, &[&d]).unwrap().remove(0);
+    let want = r.logits(&prompt(&t, &d)).pop().unwrap();
+    let err = rel_err(&got, &want);
+    assert!(err < 1e-3, "relative logit error {err}");
+    // And it really is a different head from the untied model's.
+    let (untied, _) = engine(&gqa_shape(), GgmlDType::F32, 9);
+    let other = untied.next_token_logits(&t, &[&d]).unwrap().remove(0);
+    assert!(rel_err(&other, &want) > 0.1);
+}

@@ -14,6 +14,13 @@ pub struct PreparedTask {
     pub prefix_ids: Vec<u32>,
     /// Tokens between the document and the label.
     pub suffix_ids: Vec<u32>,
+    /// The end of the prefix text: documents are tokenised after it, so that their first token is
+    /// the one a tokenisation of the whole prompt would give.
+    doc_context: String,
+    /// Tokens of `doc_context` alone.
+    doc_context_ids: Vec<u32>,
+    /// Spaces cut from the end of the prefix: they belong to the document's first word.
+    doc_lead: String,
     /// Label names, in task order.
     pub labels: Vec<String>,
     /// Each label's continuation tokens.
@@ -87,14 +94,31 @@ impl PreparedTask {
         };
         let parts = spec.prompt()?;
         let enc = |s: &str| tok.encode(s).map_err(|e| invalid(e.to_string()));
+        // SentencePiece-style tokenizers attach a space to the word after it ("▁word"): spaces at
+        // the end of the prefix go with the document, or the model would see two spaces.
+        let core = parts.prefix.trim_end_matches(' ');
+        let doc_lead = parts.prefix[core.len()..].to_string();
         let mut prefix_ids = vec![bos];
-        if !parts.prefix.is_empty() {
-            prefix_ids.extend(enc(&parts.prefix)?);
+        if !core.is_empty() {
+            prefix_ids.extend(enc(core)?);
         }
+        let doc_context = tail(core, 32).to_string();
+        let doc_context_ids = if doc_context.is_empty() {
+            Vec::new()
+        } else {
+            enc(&doc_context)?
+        };
         let suffix_ids = if parts.suffix.is_empty() {
             Vec::new()
         } else {
-            enc(&parts.suffix)?
+            // What precedes the suffix is a document's last word: a letter stands in for it.
+            let ctx = enc(SUFFIX_CONTEXT)?;
+            match in_context(tok, SUFFIX_CONTEXT, &ctx, &parts.suffix)
+                .map_err(|e| invalid(e.to_string()))?
+            {
+                Some(ids) => ids,
+                None => enc(&parts.suffix)?,
+            }
         };
         let mut label_ids = Vec::with_capacity(spec.labels.len());
         for l in &spec.labels {
@@ -132,6 +156,9 @@ impl PreparedTask {
             name: spec.name.clone(),
             prefix_ids,
             suffix_ids,
+            doc_context,
+            doc_context_ids,
+            doc_lead,
             labels: spec.labels.iter().map(|l| l.name().to_string()).collect(),
             label_ids,
             trie,
@@ -153,6 +180,9 @@ impl PreparedTask {
             name: name.to_string(),
             prefix_ids,
             suffix_ids,
+            doc_context: String::new(),
+            doc_context_ids: Vec::new(),
+            doc_lead: String::new(),
             trie: LabelTrie::new(&label_ids),
             labels,
             label_ids,
@@ -200,34 +230,70 @@ impl PreparedTask {
         if text.trim().is_empty() {
             return Err(DocError::EmptyText);
         }
-        let ids = tok
-            .encode(text)
-            .map_err(|e| DocError::Tokenize(e.to_string()))?;
+        let err = |e: super::tokenizer::TokenizeError| DocError::Tokenize(e.to_string());
+        let text = format!("{}{text}", self.doc_lead);
+        let ids =
+            match in_context(tok, &self.doc_context, &self.doc_context_ids, &text).map_err(err)? {
+                Some(ids) => ids,
+                None => tok.encode(&text).map_err(err)?,
+            };
         self.fit(ids)
     }
 }
 
-/// The tokens of `verbaliser` as the model sees them right after `suffix`: tokenise both together and
-/// keep what follows the suffix's own tokens. Falls back to the verbaliser alone when the joint
-/// tokenisation merges across the boundary.
+/// Stands in for the end of a document when the suffix is tokenised.
+const SUFFIX_CONTEXT: &str = "x";
+
+/// The tokens of `verbaliser` as the model sees them right after `suffix`, falling back to the
+/// verbaliser alone when the joint tokenisation merges across the boundary.
 fn label_tokens(
     tok: &TextTokenizer,
     suffix: &str,
     verbaliser: &str,
 ) -> Result<Vec<u32>, super::tokenizer::TokenizeError> {
-    if suffix.is_empty() {
-        return tok.encode(verbaliser);
-    }
-    let alone = tok.encode(suffix)?;
-    let joint = tok.encode(&format!("{suffix}{verbaliser}"))?;
-    if joint.len() > alone.len() && joint[..alone.len()] == alone[..] {
-        Ok(joint[alone.len()..].to_vec())
+    let suffix_ids = if suffix.is_empty() {
+        Vec::new()
     } else {
-        tracing::warn!(
-            suffix,
-            verbaliser,
-            "label tokenisation merges with the suffix; scoring the label tokenised alone"
-        );
-        tok.encode(verbaliser)
+        tok.encode(suffix)?
+    };
+    match in_context(tok, suffix, &suffix_ids, verbaliser)? {
+        Some(ids) => Ok(ids),
+        None => {
+            tracing::warn!(
+                suffix,
+                verbaliser,
+                "label tokenisation merges with the suffix; scoring the label tokenised alone"
+            );
+            tok.encode(verbaliser)
+        }
     }
+}
+
+/// Tokens of `text` as they come out when `text` follows `context` (whose tokens alone are
+/// `context_ids`): `None` when the joint tokenisation merges across the boundary.
+fn in_context(
+    tok: &TextTokenizer,
+    context: &str,
+    context_ids: &[u32],
+    text: &str,
+) -> Result<Option<Vec<u32>>, super::tokenizer::TokenizeError> {
+    if context.is_empty() {
+        return tok.encode(text).map(Some);
+    }
+    let joint = tok.encode(&format!("{context}{text}"))?;
+    Ok(
+        (joint.len() > context_ids.len() && joint[..context_ids.len()] == *context_ids)
+            .then(|| joint[context_ids.len()..].to_vec()),
+    )
+}
+
+/// The last `n` characters of `s`.
+fn tail(s: &str, n: usize) -> &str {
+    let start = s
+        .char_indices()
+        .rev()
+        .nth(n.saturating_sub(1))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    &s[start..]
 }

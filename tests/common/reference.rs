@@ -112,7 +112,12 @@ impl RefModel {
             embd: mat("token_embd.weight"),
             layers,
             norm: mat("output_norm.weight").data,
-            output: mat("output.weight"),
+            // Tied embeddings: without an output matrix the embedding is the LM head.
+            output: if c.tensor_infos.contains_key("output.weight") {
+                mat("output.weight")
+            } else {
+                mat("token_embd.weight")
+            },
         }
     }
 

@@ -56,64 +56,45 @@ fn input_schema_agrees_with_decoder() {
     }
 }
 
-#[test]
-fn classify_output_conforms() {
+/// Runs `labelmill classify` on the example tasks with `input` on stdin; returns its exit code and
+/// output lines.
+fn classify_lines(input: &[u8]) -> (Option<i32>, Vec<Value>) {
+    use std::io::Write;
+    use std::process::Stdio;
     let dir = model_dir(&gqa_shape(), GgmlDType::Q8_0, 21);
-    let (_, result) = schema("result");
-    let (_, error) = schema("error");
-    let out = Command::new(env!("CARGO_BIN_EXE_labelmill"))
-        .args(["classify", "--model"])
-        .arg(dir.join("model.gguf"))
-        .arg("--tokenizer")
-        .arg(dir.join("tokenizer.json"))
-        .args([
-            "--tasks",
-            "examples/tasks.toml",
-            "--input",
-            "examples/docs.jsonl",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 7);
-    for l in &lines {
-        assert_valid(&result, l, "result");
-    }
-    let bad = "{\"id\": \"x\", \"task\": \"nope\", \"text\": \"hi\"}\n{oops\n";
     let mut child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
         .args(["classify", "--model"])
         .arg(dir.join("model.gguf"))
         .arg("--tokenizer")
         .arg(dir.join("tokenizer.json"))
         .args(["--tasks", "examples/tasks.toml"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bad.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
-    let errs: Vec<Value> = String::from_utf8(out.stdout)
+    let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(errs.len(), 2);
+    (out.status.code(), lines)
+}
+
+#[test]
+fn classify_output_conforms() {
+    let (_, result) = schema("result");
+    let (_, error) = schema("error");
+    let (code, lines) = classify_lines(&std::fs::read("examples/docs.jsonl").unwrap());
+    assert_eq!((code, lines.len()), (Some(0), 7));
+    for l in &lines {
+        assert_valid(&result, l, "result");
+    }
+    let (code, errs) =
+        classify_lines(b"{\"id\": \"x\", \"task\": \"nope\", \"text\": \"hi\"}\n{oops\n");
+    assert_eq!((code, errs.len()), (Some(1), 2));
     for e in &errs {
         assert_valid(&error, e, "error");
     }

@@ -104,7 +104,7 @@ pub fn run(
             continue;
         }
         summary.records += 1;
-        // `buf` holds at most max_line_bytes + 1 bytes: enough for decode to see the overflow.
+        // `buf` keeps at most max_line_bytes + 1 bytes; `admit` judges the line by its full `size`.
         let slot = admit(
             engine,
             tasks,

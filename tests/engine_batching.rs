@@ -140,3 +140,16 @@ fn prefix_is_computed_once_and_reused() {
     let s = e.prefix_cache_stats();
     assert_eq!((s.misses, s.hits, s.entries), (1, 2, 1));
 }
+
+/// A document with no tokens under a task with no suffix leaves no position to score: an error
+/// from every entry point, never a panic.
+#[test]
+fn empty_rows_are_refused() {
+    let (e, _) = engine(&gqa_shape(), GgmlDType::Q8_0, 5);
+    let labels = vec![("a".to_string(), vec![300]), ("b".to_string(), vec![301])];
+    let t = labelmill::engine::prepared::PreparedTask::from_ids("t", vec![1, 400], vec![], labels);
+    let empty: &[u32] = &[];
+    assert!(e.score(&t, &[&[401], empty]).is_err());
+    assert!(e.next_token_logits(&t, &[empty]).is_err());
+    assert!(e.score(&t, &[&[401]]).is_ok());
+}

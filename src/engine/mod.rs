@@ -1,4 +1,4 @@
-//! The model side: load a LLaMA GGUF, cache task prefixes, run padded batches, score labels.
+//! The model side: load a LLaMA GGUF, cache task prefixes, run packed batches, score labels.
 //!
 //! A batch is packed end to end (no padding) and scored in at most two forward passes over the
 //! document tokens only:
@@ -125,16 +125,7 @@ impl Engine {
         if docs.is_empty() {
             return Ok(Vec::new());
         }
-        if docs.iter().any(|d| d.is_empty()) && task.suffix_ids.is_empty() {
-            return Err(EngineError(candle_core::Error::msg(
-                "a document with no tokens and no suffix has no position to score",
-            )));
-        }
-        let prefix = self.prefix_kv(task)?;
-        let rows: Vec<Vec<u32>> = docs
-            .iter()
-            .map(|d| [*d, &task.suffix_ids].concat())
-            .collect();
+        let (prefix, rows) = self.cached_rows(task, docs)?;
         self.score_rows(task, Some(&prefix), task.prefix_ids.len(), &rows)
     }
 
@@ -156,16 +147,25 @@ impl Engine {
         task: &PreparedTask,
         docs: &[&[u32]],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
-        let prefix = self.prefix_kv(task)?;
-        let rows: Vec<Vec<u32>> = docs
-            .iter()
-            .map(|d| [*d, &task.suffix_ids].concat())
-            .collect();
+        let (prefix, rows) = self.cached_rows(task, docs)?;
         let pass = self.run_rows(Some(&prefix), task.prefix_ids.len(), &rows, false)?;
         Ok(self
             .model
             .logits_at(&pass.hidden, &pass.last_indices())?
             .to_vec2::<f32>()?)
+    }
+
+    /// The task's prefix KV, and each document followed by the task's suffix.
+    fn cached_rows(
+        &self,
+        task: &PreparedTask,
+        docs: &[&[u32]],
+    ) -> Result<(Arc<KvCache>, Vec<Vec<u32>>), EngineError> {
+        let rows = docs
+            .iter()
+            .map(|d| [*d, &task.suffix_ids].concat())
+            .collect();
+        Ok((self.prefix_kv(task)?, rows))
     }
 
     fn score_rows(
@@ -208,6 +208,11 @@ impl Engine {
         rows: &[Vec<u32>],
         keep_kv: bool,
     ) -> Result<Pass, EngineError> {
+        if rows.iter().any(Vec::is_empty) {
+            return Err(EngineError(candle_core::Error::msg(
+                "an empty row (no document tokens and no suffix) has no position to score",
+            )));
+        }
         let dev = self.model.device();
         let spans = spans(rows.iter().map(Vec::len));
         let tokens: Vec<u32> = rows.concat();

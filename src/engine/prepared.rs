@@ -120,9 +120,16 @@ impl PreparedTask {
                 None => enc(&parts.suffix)?,
             }
         };
+        // Labels follow the suffix as written (its tokens alone, unlike `suffix_ids`, which are the
+        // suffix's tokens after a document): tokenised once, shared by every label.
+        let suffix_alone = if parts.suffix.is_empty() {
+            Vec::new()
+        } else {
+            enc(&parts.suffix)?
+        };
         let mut label_ids = Vec::with_capacity(spec.labels.len());
         for l in &spec.labels {
-            let ids = label_tokens(tok, &parts.suffix, &l.verbaliser())
+            let ids = label_tokens(tok, &parts.suffix, &suffix_alone, &l.verbaliser())
                 .map_err(|e| invalid(e.to_string()))?;
             if ids.is_empty() {
                 return Err(invalid(format!(
@@ -246,17 +253,14 @@ const SUFFIX_CONTEXT: &str = "x";
 
 /// The tokens of `verbaliser` as the model sees them right after `suffix`, falling back to the
 /// verbaliser alone when the joint tokenisation merges across the boundary.
+/// `suffix_ids` are the suffix's tokens alone.
 fn label_tokens(
     tok: &TextTokenizer,
     suffix: &str,
+    suffix_ids: &[u32],
     verbaliser: &str,
 ) -> Result<Vec<u32>, super::tokenizer::TokenizeError> {
-    let suffix_ids = if suffix.is_empty() {
-        Vec::new()
-    } else {
-        tok.encode(suffix)?
-    };
-    match in_context(tok, suffix, &suffix_ids, verbaliser)? {
+    match in_context(tok, suffix, suffix_ids, verbaliser)? {
         Some(ids) => Ok(ids),
         None => {
             tracing::warn!(

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use candle_core::quantized::GgmlDType;
-use common::{gqa_shape, model_dir};
+use common::{classify_command, gqa_shape, model_dir};
 use serde_json::Value;
 
 const TASKS: &str = r#"
@@ -35,13 +35,7 @@ fn classify(dir: &Path, input: &[u8], extra: &[&str]) -> Output {
         .tempfile_in(dir)
         .unwrap();
     std::fs::write(tasks.path(), TASKS).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
-        .args(["classify", "--model"])
-        .arg(dir.join("model.gguf"))
-        .arg("--tokenizer")
-        .arg(dir.join("tokenizer.json"))
-        .arg("--tasks")
-        .arg(tasks.path())
+    let mut child = classify_command(dir, tasks.path())
         .args(extra)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -189,13 +183,8 @@ fn error_lines_are_flushed_window_by_window() {
     let dir = model_dir(&gqa_shape(), GgmlDType::Q8_0, 21);
     let tasks = dir.join("flush-tasks.toml");
     std::fs::write(&tasks, TASKS).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
-        .args(["classify", "--window", "4", "--model"])
-        .arg(dir.join("model.gguf"))
-        .arg("--tokenizer")
-        .arg(dir.join("tokenizer.json"))
-        .arg("--tasks")
-        .arg(&tasks)
+    let mut child = classify_command(&dir, &tasks)
+        .args(["--window", "4"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use candle_core::quantized::GgmlDType;
-use common::{gqa_shape, model_dir};
+use common::{classify_command, gqa_shape, model_dir};
 use serde_json::Value;
 
 fn schema(name: &str) -> (Value, jsonschema::Validator) {
@@ -62,12 +60,7 @@ fn classify_lines(input: &[u8]) -> (Option<i32>, Vec<Value>) {
     use std::io::Write;
     use std::process::Stdio;
     let dir = model_dir(&gqa_shape(), GgmlDType::Q8_0, 21);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
-        .args(["classify", "--model"])
-        .arg(dir.join("model.gguf"))
-        .arg("--tokenizer")
-        .arg(dir.join("tokenizer.json"))
-        .args(["--tasks", "examples/tasks.toml"])
+    let mut child = classify_command(&dir, "examples/tasks.toml".as_ref())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

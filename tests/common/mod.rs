@@ -4,6 +4,7 @@
 pub mod reference;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::quantized::GgmlDType;
@@ -102,4 +103,17 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// `labelmill classify` on the generated model in `dir` with the task file `tasks`.
+pub fn classify_command(dir: &Path, tasks: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_labelmill"));
+    cmd.arg("classify")
+        .arg("--model")
+        .arg(dir.join("model.gguf"))
+        .arg("--tokenizer")
+        .arg(dir.join("tokenizer.json"))
+        .arg("--tasks")
+        .arg(tasks);
+    cmd
 }

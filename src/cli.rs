@@ -1,4 +1,4 @@
-//! Command-line interface: `classify`, `tiny-model`, `bench`.
+//! Command-line interface: `worker`, `config check`, `classify`, `tiny-model`, `bench`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::batch::BatchLimits;
 use crate::bench::BenchWorkload;
 use crate::classify::ClassifyOptions;
+use crate::config::WorkerConfig;
 use crate::engine::prepared::PreparedTask;
 use crate::engine::Engine;
 use crate::task::TaskFile;
@@ -34,12 +35,32 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Consume documents from Kafka and/or RabbitMQ, publish results (the main job).
+    Worker(WorkerArgs),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Classify a JSONL file (or stdin) without a broker.
     Classify(ClassifyArgs),
     /// Write a random-weight LLaMA GGUF and its tokenizer (for tests, benchmarks, trying things).
     TinyModel(TinyModelArgs),
     /// Time the engine on synthetic documents; prints one JSON line.
     Bench(BenchArgs),
+}
+
+/// `worker` arguments.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The worker configuration (TOML); `LABELMILL_SECTION__FIELD` variables override it.
+    #[arg(long, env = "LABELMILL_CONFIG")]
+    config: PathBuf,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a worker configuration and print the effective one, secrets redacted.
+    Check(WorkerArgs),
 }
 
 /// Model files.
@@ -180,6 +201,34 @@ pub struct BenchArgs {
 /// Runs the parsed command; the exit code says whether every record succeeded.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Worker(a) => worker(a),
+        Command::Config(ConfigCommand::Check(a)) => {
+            let cfg = WorkerConfig::load(&a.config)?;
+            for (what, p) in [
+                ("model", &cfg.model.model),
+                ("tokenizer", &cfg.model.tokenizer),
+                ("tasks", &cfg.model.tasks),
+            ] {
+                if !p.exists() {
+                    bail!("{what} file {} does not exist", p.display());
+                }
+            }
+            let tasks = TaskFile::load(&cfg.model.tasks)?;
+            let names: Vec<&str> = tasks.task.iter().map(|t| t.name.as_str()).collect();
+            let bound = cfg
+                .kafka
+                .iter()
+                .flat_map(|k| k.inputs.iter().map(|i| &i.task))
+                .chain(cfg.amqp.iter().flat_map(|a| a.inputs.iter().map(|i| &i.task)));
+            for t in bound.flatten() {
+                if !names.contains(&t.as_str()) {
+                    bail!("an input is bound to task '{t}', which {} does not define", cfg.model.tasks.display());
+                }
+            }
+            print!("{}", cfg.redacted_toml());
+            eprintln!("configuration is valid ({} tasks: {})", names.len(), names.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Classify(a) => classify(a),
         Command::TinyModel(a) => {
             let quant = tiny::parse_quant(&a.quant).map_err(anyhow::Error::msg)?;
@@ -189,6 +238,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(a) => bench(a),
     }
+}
+
+fn worker(a: WorkerArgs) -> Result<ExitCode> {
+    let cfg = WorkerConfig::load(&a.config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(crate::worker::run(cfg, crate::shutdown::signal()))?;
+    // librdkafka and lapin threads may still be closing; the report is what matters.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    eprintln!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_engine(m: &ModelArgs) -> Result<Engine> {

@@ -5,17 +5,23 @@
 //! One document's path through the program is the architecture:
 //!
 //! ```text
-//! source (file/stdin; kafka | amqp later) -> decode + validate -> batch plan -> engine
-//!    ^ ack/commit after publish               | bad input                      (prefix KV + packed
-//!    |                                        v                                 forward + label scoring)
-//!    +---- ack travels with the doc ---- error line / dead letter <- failures -- sink (file/stdout)
+//! source (kafka | amqp | file/stdin) -> decode + validate -> batcher -> engine thread
+//!    ^ ack/commit after publish            | bad input                  (prefix KV + packed
+//!    |                                     v                             forward + label scoring)
+//!    +---- ack travels with the doc --- dead letter <- failures -- sink (kafka | amqp | stdout)
 //! ```
 //!
 //! - [`task`]: a task file; the prompt template split into cached prefix, document slot, suffix.
 //! - [`decode`]: bytes -> [`decode::InputDoc`], every bad input class with a stable code.
-//! - [`batch`]: pure batch planning by document count and token budget.
+//! - [`config`]: the worker's TOML configuration with `LABELMILL_*` overrides.
+//! - [`source`]: Kafka and RabbitMQ intake; each delivery carries its acker.
+//! - [`batch`]: pure batching by document count, token budget and deadline, per task.
 //! - [`engine`]: GGUF loading, the LLaMA forward pass with explicit KV, the prefix cache, label scoring.
 //! - [`message`]: result and error records.
+//! - [`dead_letter`]: the dead-letter record of a message that cannot be classified.
+//! - [`sink`]: Kafka and RabbitMQ publishing with delivery reports / publisher confirms.
+//! - [`worker`]: `labelmill worker`: sources -> batches -> engine -> sinks -> acks.
+//! - [`shutdown`]: signals that start a drain.
 //! - [`classify`]: the `labelmill classify` pipeline (JSONL in, JSONL out).
 //! - [`bench`]: synthetic throughput measurement.
 //! - [`tiny`]: generated LLaMA GGUF models and tokenizers for tests and benchmarks.
@@ -25,11 +31,17 @@ pub mod batch;
 pub mod bench;
 pub mod classify;
 pub mod cli;
+pub mod config;
+pub mod dead_letter;
 pub mod decode;
 pub mod engine;
 pub mod message;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
 pub mod task;
 pub mod tiny;
+pub mod worker;
 
 /// The compute device: CUDA device 0 when built with the `cuda` feature, otherwise the CPU.
 pub fn device() -> candle_core::Result<candle_core::Device> {

@@ -25,6 +25,10 @@ pub struct LabelResult {
     pub label_mass: f32,
     /// Document tokens that went through the model (after truncation).
     pub doc_tokens: usize,
+    /// Prompt tokens before the document, served from the prefix cache.
+    pub prefix_tokens: usize,
+    /// Prompt tokens after the document (the answer cue).
+    pub suffix_tokens: usize,
     /// Whether the document was truncated to the task's `max_doc_tokens`.
     pub truncated: bool,
     /// The model file.
@@ -32,6 +36,19 @@ pub struct LabelResult {
     /// The input's `meta`, passed through.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
+    /// Worker only: where the input was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::source::Origin>,
+    /// Worker only: the input message's key (Kafka), as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Worker only: the input's correlation headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<serde_json::Map<String, Value>>,
+    /// Worker only: whether the top probability was under the task's threshold, so the result was
+    /// also sent to the escalation destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<bool>,
 }
 
 impl LabelResult {
@@ -60,9 +77,15 @@ impl LabelResult {
             scores,
             label_mass: s.label_mass,
             doc_tokens: doc.ids.len(),
+            prefix_tokens: task.prefix_ids.len(),
+            suffix_tokens: task.suffix_ids.len(),
             truncated: doc.truncated,
             model: model.to_string(),
             meta,
+            source: None,
+            key: None,
+            headers: None,
+            escalated: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod matmul;
 pub mod prefix_cache;
 pub mod prepared;
 pub mod scoring;
+pub mod thread;
 pub mod tokenizer;
 
 use std::ops::Range;

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod reference;
+pub mod kafka;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,618 @@
+//! The worker's configuration: one TOML file, every field overridable by `LABELMILL_*` variables.
+//!
+//! An override names a field by its path with `__` between levels, upper or lower case:
+//! `LABELMILL_BATCHING__MAX_WAIT=20ms`, `LABELMILL_KAFKA__BROKERS=kafka:9092`,
+//! `LABELMILL_KAFKA__INPUTS__0__TOPIC=docs`. Inside a `properties` table (passed verbatim to
+//! librdkafka) `_` stands for `.`: `LABELMILL_KAFKA__PROPERTIES__SASL_PASSWORD` sets
+//! `sasl.password`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::BatchLimits;
+
+/// The prefix of override variables.
+pub const ENV_PREFIX: &str = "LABELMILL_";
+
+/// The whole worker configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Model and task files.
+    pub model: ModelConfig,
+    /// How documents are grouped for the engine.
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Retries of transient failures (engine errors, publish failures).
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Input checks.
+    #[serde(default)]
+    pub input: InputConfig,
+    /// Confidence routing to the escalation destination.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+    /// Kafka source and sink (absent: no Kafka).
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    /// RabbitMQ source and sink (absent: no RabbitMQ).
+    #[serde(default)]
+    pub amqp: Option<AmqpConfig>,
+}
+
+/// Model, tokenizer and tasks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A LLaMA-architecture GGUF file.
+    pub model: PathBuf,
+    /// Its HuggingFace tokenizer.json.
+    pub tokenizer: PathBuf,
+    /// The task file (TOML `[[task]]` tables).
+    pub tasks: PathBuf,
+}
+
+/// Batch closing rules and the in-flight bound.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// A batch closes at this many documents.
+    pub max_docs: usize,
+    /// ... or at this many tokens (document + suffix, summed; packed, so no padding).
+    pub max_tokens: usize,
+    /// ... or when its oldest document has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Documents received but not yet acknowledged, over all sources. Intake pauses at this bound,
+    /// so memory stays bounded at any input rate; RabbitMQ's prefetch is set from it.
+    pub max_in_flight: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_docs: 32,
+            max_tokens: 8192,
+            max_wait: Duration::from_millis(50),
+            max_in_flight: 256,
+        }
+    }
+}
+
+impl BatchingConfig {
+    /// The engine's batch limits.
+    pub fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_docs: self.max_docs,
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+/// Backoff for transient failures.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all (the first one included) before `retries_exhausted`.
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles each time.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Input checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Largest accepted message, in bytes (`payload_too_large` beyond).
+    pub max_payload_bytes: usize,
+    /// Input headers copied to results and dead letters (correlation and tracing ids).
+    pub correlation_headers: Vec<String>,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1 << 20,
+            correlation_headers: vec![
+                "correlation-id".into(),
+                "x-correlation-id".into(),
+                "x-request-id".into(),
+                "traceparent".into(),
+                "tracestate".into(),
+            ],
+        }
+    }
+}
+
+/// Confidence routing: results below a task's threshold also go to the escalation destination.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Task name -> lowest top-label probability that is not escalated.
+    pub escalate_below: BTreeMap<String, f32>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM/SIGINT, how long in-flight work may take to finish; what is not done by then
+    /// is left unacknowledged for the broker to redeliver.
+    #[serde(with = "humantime_serde")]
+    pub drain_deadline: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Kafka: consumer group input, result/escalate/dead-letter topics.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group: workers with the same group share the partitions.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// Topics read, each with an optional task (used when the message names none).
+    pub inputs: Vec<KafkaInput>,
+    /// Where results go (keyed by document id).
+    pub results_topic: String,
+    /// Where low-confidence results also go.
+    #[serde(default)]
+    pub escalate_topic: Option<String>,
+    /// Where input that cannot be classified goes.
+    pub dead_letter_topic: String,
+    /// librdkafka properties for both clients (security.protocol, sasl.*, ssl.*, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer only.
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    /// librdkafka properties for the producer only.
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "labelmill".into()
+}
+
+/// One input topic.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaInput {
+    /// Topic name.
+    pub topic: String,
+    /// Task for messages that name none.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// RabbitMQ: competing consumers on queues, results published to an exchange with confirms.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// `amqp://user:pass@host:5672/vhost` or `amqps://...` for TLS.
+    pub uri: String,
+    /// Queues consumed, each with an optional task.
+    pub inputs: Vec<AmqpInput>,
+    /// Exchange results, escalations and dead letters are published to ("" is the default exchange).
+    #[serde(default)]
+    pub exchange: String,
+    /// Routing key of results.
+    pub results_routing_key: String,
+    /// Routing key of escalated results.
+    #[serde(default)]
+    pub escalate_routing_key: Option<String>,
+    /// Routing key of dead letters.
+    pub dead_letter_routing_key: String,
+    /// Unacknowledged deliveries per consumer (default: batching.max_in_flight).
+    #[serde(default)]
+    pub prefetch: Option<u16>,
+    /// Publishing channels in the pool (confirm mode, separate from the consuming channel).
+    #[serde(default = "default_publish_channels")]
+    pub publish_channels: usize,
+    /// Wait between reconnection attempts.
+    #[serde(default = "default_reconnect", with = "humantime_serde")]
+    pub reconnect_delay: Duration,
+    /// Declare the topology on connect: the input queues, the exchange, and one durable queue per
+    /// output routing key bound to it (for a quick start; in production the operator owns it).
+    #[serde(default)]
+    pub declare: bool,
+}
+
+fn default_publish_channels() -> usize {
+    4
+}
+
+fn default_reconnect() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// One input queue.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpInput {
+    /// Queue name.
+    pub queue: String,
+    /// Task for messages that name none.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the expected fields.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (and the variables applied).
+        origin: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// An override variable names no field.
+    #[error("{var}: {message}")]
+    Override {
+        /// The variable.
+        var: String,
+        /// Why it does not apply.
+        message: String,
+    },
+    /// Fields that parse but make no sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl WorkerConfig {
+    /// Reads `path` and applies the `LABELMILL_*` variables of the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, &path.display().to_string(), std::env::vars())?;
+        // Relative model and task paths are relative to the config file, not the working directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.model.model,
+            &mut cfg.model.tokenizer,
+            &mut cfg.model.tasks,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses TOML text, applies the overrides among `vars`, and validates.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let mut applied = Vec::new();
+        for (var, value) in vars {
+            if let Some(path) = override_path(&var) {
+                apply_override(&mut doc, &path, &value).map_err(|message| {
+                    ConfigError::Override {
+                        var: var.clone(),
+                        message,
+                    }
+                })?;
+                applied.push(var);
+            }
+        }
+        let origin = if applied.is_empty() {
+            origin.to_string()
+        } else {
+            format!("{origin} with {}", applied.join(", "))
+        };
+        let cfg: Self = doc.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+            origin,
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.kafka.is_none() && self.amqp.is_none() {
+            return bad("configure at least one source: [kafka] or [amqp]");
+        }
+        let b = &self.batching;
+        if b.max_docs == 0 || b.max_tokens == 0 || b.max_in_flight == 0 {
+            return bad("batching.max_docs, max_tokens and max_in_flight must be positive");
+        }
+        if b.max_in_flight < b.max_docs {
+            return bad("batching.max_in_flight must be at least batching.max_docs");
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts must be at least 1");
+        }
+        if let Some(k) = &self.kafka {
+            if k.inputs.is_empty() {
+                return bad("kafka.inputs is empty");
+            }
+            for key in ["enable.auto.offset.store", "enable.auto.commit", "group.id"] {
+                if k.consumer_properties.contains_key(key) || k.properties.contains_key(key) {
+                    return Err(ConfigError::Invalid(format!(
+                        "kafka property '{key}' is set by labelmill (offsets are stored only after results are delivered)"
+                    )));
+                }
+            }
+        }
+        if let Some(a) = &self.amqp {
+            if a.inputs.is_empty() {
+                return bad("amqp.inputs is empty");
+            }
+            if a.publish_channels == 0 {
+                return bad("amqp.publish_channels must be positive");
+            }
+        }
+        for (task, t) in &self.routing.escalate_below {
+            if !(0.0..=1.0).contains(t) {
+                return Err(ConfigError::Invalid(format!(
+                    "routing.escalate_below.{task} = {t} is not a probability"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with passwords and secrets replaced by `****`.
+    pub fn redacted_toml(&self) -> String {
+        let mut v = toml::Value::try_from(self).expect("the config serialises");
+        redact(&mut v, "");
+        toml::to_string_pretty(&v).expect("a TOML table serialises")
+    }
+}
+
+/// `LABELMILL_A__B__C` -> `["a", "b", "c"]`; variables without `__` are not config overrides.
+fn override_path(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if !rest.contains("__") {
+        return None;
+    }
+    Some(rest.split("__").map(|s| s.to_string()).collect())
+}
+
+fn apply_override(doc: &mut toml::Value, path: &[String], value: &str) -> Result<(), String> {
+    let mut node = doc;
+    let mut in_properties = false;
+    for (i, seg) in path.iter().enumerate() {
+        let last = i + 1 == path.len();
+        let key = if in_properties {
+            seg.to_lowercase().replace('_', ".")
+        } else {
+            seg.to_lowercase()
+        };
+        match node {
+            toml::Value::Table(t) => {
+                if last {
+                    let parsed = if in_properties || matches!(t.get(&key), Some(toml::Value::String(_))) {
+                        toml::Value::String(value.to_string())
+                    } else {
+                        parse_scalar(value)
+                    };
+                    t.insert(key, parsed);
+                    return Ok(());
+                }
+                in_properties = key.ends_with("properties");
+                node = t
+                    .entry(key)
+                    .or_insert_with(|| toml::Value::Table(Default::default()));
+            }
+            toml::Value::Array(a) => {
+                let idx: usize = key
+                    .parse()
+                    .map_err(|_| format!("'{seg}' is not an index into a list"))?;
+                let len = a.len();
+                let item = a.get_mut(idx).ok_or_else(|| {
+                    format!("index {idx} is past the end of a list of {len}")
+                })?;
+                if last {
+                    *item = parse_scalar(value);
+                    return Ok(());
+                }
+                node = item;
+            }
+            _ => return Err(format!("'{seg}' goes below a plain value")),
+        }
+    }
+    Ok(())
+}
+
+/// A TOML scalar or inline array/table if `s` parses as one, otherwise the string itself.
+fn parse_scalar(s: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {s}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(s.to_string()))
+}
+
+fn is_secret(key: &str) -> bool {
+    let k = key.to_lowercase();
+    k.contains("password") || k.contains("secret") || k.ends_with("oauthbearer.config")
+}
+
+fn redact(v: &mut toml::Value, key: &str) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, child) in t.iter_mut() {
+                redact(child, k);
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|c| redact(c, key)),
+        toml::Value::String(s) if is_secret(key) => *s = "****".into(),
+        toml::Value::String(s) if key == "uri" => *s = redact_uri(s),
+        _ => {}
+    }
+}
+
+/// `amqp://user:pass@host/` -> `amqp://user:****@host/`.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return uri.to_string();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:****{}",
+            &uri[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[model]
+model = "m.gguf"
+tokenizer = "t.json"
+tasks = "tasks.toml"
+
+[kafka]
+brokers = "127.0.0.1:9092"
+results_topic = "out"
+dead_letter_topic = "dlq"
+inputs = [{ topic = "in", task = "ticket" }]
+properties = { "security.protocol" = "SASL_SSL", "sasl.password" = "hunter2" }
+
+[amqp]
+uri = "amqps://svc:s3cret@rabbit:5671/%2f"
+inputs = [{ queue = "docs" }]
+results_routing_key = "results"
+dead_letter_routing_key = "dead"
+"#;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = WorkerConfig::parse(BASE, "t", vars(&[])).unwrap();
+        assert_eq!(c.batching.max_wait, Duration::from_millis(50));
+        assert_eq!(c.kafka.as_ref().unwrap().group_id, "labelmill");
+        let c = WorkerConfig::parse(
+            BASE,
+            "t",
+            vars(&[
+                ("LABELMILL_BATCHING__MAX_WAIT", "20ms"),
+                ("LABELMILL_BATCHING__MAX_DOCS", "8"),
+                ("LABELMILL_KAFKA__BROKERS", "kafka:9092"),
+                ("LABELMILL_KAFKA__INPUTS__0__TOPIC", "docs"),
+                ("LABELMILL_KAFKA__PROPERTIES__SASL_USERNAME", "svc"),
+                ("LABELMILL_ROUTING__ESCALATE_BELOW__TICKET", "0.7"),
+                ("LABELMILL_THREADS", "2"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.batching.max_wait, Duration::from_millis(20));
+        assert_eq!(c.batching.max_docs, 8);
+        let k = c.kafka.unwrap();
+        assert_eq!(k.brokers, "kafka:9092");
+        assert_eq!(k.inputs[0].topic, "docs");
+        assert_eq!(k.properties["sasl.username"], "svc");
+        assert_eq!(c.routing.escalate_below["ticket"], 0.7);
+    }
+
+    #[test]
+    fn bad_overrides_and_values_are_refused() {
+        let e = WorkerConfig::parse(BASE, "t", vars(&[("LABELMILL_BATCHING__MAX_WAT", "1s")]));
+        assert!(e.unwrap_err().to_string().contains("max_wat"));
+        let e = WorkerConfig::parse(BASE, "t", vars(&[("LABELMILL_KAFKA__INPUTS__3__TOPIC", "x")]));
+        assert!(matches!(e, Err(ConfigError::Override { .. })));
+        let e = WorkerConfig::parse(
+            BASE,
+            "t",
+            vars(&[("LABELMILL_KAFKA__CONSUMER_PROPERTIES__ENABLE_AUTO_OFFSET_STORE", "true")]),
+        );
+        assert!(matches!(e, Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = WorkerConfig::parse(BASE, "t", vars(&[])).unwrap();
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("amqps://svc:****@rabbit:5671/%2f"), "{shown}");
+        assert!(shown.contains("SASL_SSL"));
+        assert_eq!(redact_uri("amqp://host/"), "amqp://host/");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let r = RetryConfig {
+            max_attempts: 9,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
+        let waits: Vec<u128> = (1..=5).map(|a| r.backoff(a).as_millis()).collect();
+        assert_eq!(waits, vec![100, 200, 400, 500, 500]);
+    }
+}

@@ -1,0 +1,135 @@
+//! The engine on its own OS thread: async code sends batches through a channel and never blocks on
+//! the forward pass. A batch that fails is split in halves until the failing document is alone, so
+//! one poison document cannot fail its neighbours.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::prepared::PreparedTask;
+use super::scoring::LabelScores;
+use super::Engine;
+
+/// One batch for the engine: documents of one task, with whatever the caller needs back.
+#[derive(Debug)]
+pub struct Job<T> {
+    /// Index into the task list.
+    pub task: usize,
+    /// Fitted token ids of each document.
+    pub ids: Vec<Vec<u32>>,
+    /// The caller's items, one per document, returned with the scores.
+    pub items: Vec<T>,
+}
+
+/// A finished batch.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    /// Index into the task list.
+    pub task: usize,
+    /// Each item with its scores, or the engine's error for that document alone.
+    pub results: Vec<(T, Result<LabelScores, String>)>,
+    /// Time in the engine.
+    pub elapsed: Duration,
+    /// Forward passes run (more than one when a failure was isolated).
+    pub passes: usize,
+}
+
+/// Starts the engine thread. It runs until `jobs` closes, then ends after its last outcome.
+pub fn spawn<T: Send + 'static>(
+    engine: Arc<Engine>,
+    tasks: Arc<Vec<PreparedTask>>,
+    mut jobs: mpsc::Receiver<Job<T>>,
+    outcomes: mpsc::Sender<Outcome<T>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("labelmill-engine".into())
+        .spawn(move || {
+            while let Some(job) = jobs.blocking_recv() {
+                let started = Instant::now();
+                let task = &tasks[job.task];
+                let docs: Vec<&[u32]> = job.ids.iter().map(Vec::as_slice).collect();
+                let mut passes = 0;
+                let scored = score_isolating(
+                    &mut |d: &[&[u32]]| {
+                        passes += 1;
+                        engine.score(task, d).map_err(|e| e.to_string())
+                    },
+                    &docs,
+                );
+                let outcome = Outcome {
+                    task: job.task,
+                    results: job.items.into_iter().zip(scored).collect(),
+                    elapsed: started.elapsed(),
+                    passes,
+                };
+                if outcomes.blocking_send(outcome).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the engine thread")
+}
+
+/// Scores `docs` in one call; if that fails, scores each half the same way, down to single
+/// documents, whose own errors are returned in their place.
+pub fn score_isolating<S, E: Clone>(
+    score: &mut dyn FnMut(&[&[u32]]) -> Result<Vec<S>, E>,
+    docs: &[&[u32]],
+) -> Vec<Result<S, E>> {
+    if docs.is_empty() {
+        return Vec::new();
+    }
+    match score(docs) {
+        Ok(s) => s.into_iter().map(Ok).collect(),
+        Err(e) if docs.len() == 1 => vec![Err(e)],
+        Err(_) => {
+            let (a, b) = docs.split_at(docs.len() / 2);
+            let mut out = score_isolating(score, a);
+            out.extend(score_isolating(score, b));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scorer that fails any batch holding a document that starts with token 666.
+    fn poisoned(calls: &mut usize) -> impl FnMut(&[&[u32]]) -> Result<Vec<u32>, String> + '_ {
+        move |d: &[&[u32]]| {
+            *calls += 1;
+            if d.iter().any(|x| x[0] == 666) {
+                Err("poison".to_string())
+            } else {
+                Ok(d.iter().map(|x| x[0] * 10).collect())
+            }
+        }
+    }
+
+    #[test]
+    fn a_poison_document_fails_alone() {
+        let raw: Vec<Vec<u32>> = (1..=8).map(|i| vec![if i == 6 { 666 } else { i }]).collect();
+        let docs: Vec<&[u32]> = raw.iter().map(Vec::as_slice).collect();
+        let mut calls = 0;
+        let out = score_isolating(&mut poisoned(&mut calls), &docs);
+        let expect: Vec<Result<u32, String>> = (1..=8)
+            .map(|i| if i == 6 { Err("poison".into()) } else { Ok(i * 10) })
+            .collect();
+        assert_eq!(out, expect);
+        // 8 -> 4+4 -> (ok) 2+2 -> (ok) 1+1: about 2 log2(n) + 1 calls, not n.
+        assert_eq!(calls, 7);
+    }
+
+    #[test]
+    fn a_clean_batch_is_one_call() {
+        let raw: Vec<Vec<u32>> = (1..=5).map(|i| vec![i]).collect();
+        let docs: Vec<&[u32]> = raw.iter().map(Vec::as_slice).collect();
+        let mut calls = 0;
+        let out = score_isolating(&mut poisoned(&mut calls), &docs);
+        assert_eq!(out.len(), 5);
+        assert!(out.iter().all(Result::is_ok));
+        assert_eq!(calls, 1);
+    }
+}

@@ -1,0 +1,131 @@
+//! RabbitMQ output: a deadpool pool of confirm-mode channels on their own connection; every publish
+//! is `mandatory` and waits for its confirm, and a returned (unroutable) message is a failure.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use super::{OutputKind, Outgoing, SinkError};
+use crate::config::AmqpConfig;
+
+/// Opens confirm-mode channels, reconnecting when the publishing connection is gone.
+pub struct ChannelManager {
+    uri: String,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl managed::Manager for ChannelManager {
+    type Type = Channel;
+    type Error = lapin::Error;
+
+    async fn create(&self) -> Result<Channel, lapin::Error> {
+        let mut conn = self.conn.lock().await;
+        if !conn.as_ref().is_some_and(|c| c.status().connected()) {
+            *conn = Some(Connection::connect(&self.uri, ConnectionProperties::default()).await?);
+        }
+        let ch = conn
+            .as_ref()
+            .expect("connected above")
+            .create_channel()
+            .await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(ch)
+    }
+
+    async fn recycle(&self, ch: &mut Channel, _: &Metrics) -> RecycleResult<lapin::Error> {
+        if ch.status().connected() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("channel closed"))
+        }
+    }
+}
+
+/// Publishes results, escalations and dead letters to the configured exchange.
+pub struct AmqpSink {
+    pool: managed::Pool<ChannelManager>,
+    exchange: String,
+    results: String,
+    escalate: Option<String>,
+    dead_letter: String,
+}
+
+impl AmqpSink {
+    /// A pool of `publish_channels` channels (opened on first use).
+    pub fn new(cfg: &AmqpConfig) -> Self {
+        let manager = ChannelManager {
+            uri: cfg.uri.clone(),
+            conn: Mutex::new(None),
+        };
+        let pool = managed::Pool::builder(manager)
+            .max_size(cfg.publish_channels)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("a pool with a runtime and a positive size builds");
+        Self {
+            pool,
+            exchange: cfg.exchange.clone(),
+            results: cfg.results_routing_key.clone(),
+            escalate: cfg.escalate_routing_key.clone(),
+            dead_letter: cfg.dead_letter_routing_key.clone(),
+        }
+    }
+
+    /// Publishes one message and waits for its confirm.
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<bool, SinkError> {
+        let key = match msg.kind {
+            OutputKind::Result => &self.results,
+            OutputKind::DeadLetter => &self.dead_letter,
+            OutputKind::Escalate => match &self.escalate {
+                Some(k) => k,
+                None => return Ok(false),
+            },
+        };
+        let destination = format!("{}/{}", self.exchange, key);
+        let ch = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| SinkError::Pool(e.to_string()))?;
+        let mut headers = FieldTable::default();
+        for (k, v) in msg.headers {
+            headers.insert(k.as_str().into(), AMQPValue::LongString(LongString::from(v.clone())));
+        }
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let amqp = |error| SinkError::Amqp {
+            destination: destination.clone(),
+            error,
+        };
+        let confirm = ch
+            .basic_publish(
+                self.exchange.as_str().into(),
+                key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                msg.payload,
+                props,
+            )
+            .await
+            .map_err(amqp)?
+            .await
+            .map_err(amqp)?;
+        match confirm {
+            // An unroutable mandatory message is returned, then acked: it was not delivered.
+            Confirmation::Ack(Some(_)) => Err(SinkError::Unroutable(destination)),
+            Confirmation::Ack(None) => Ok(true),
+            Confirmation::Nack(_) => Err(SinkError::Nacked(destination)),
+            Confirmation::NotRequested => unreachable!("every pooled channel is in confirm mode"),
+        }
+    }
+}

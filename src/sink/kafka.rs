@@ -1,0 +1,79 @@
+//! Kafka output: an idempotent producer with `acks=all`; a publish returns after the delivery report.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{OutputKind, Outgoing, SinkError};
+use crate::config::KafkaConfig;
+
+/// Publishes to the configured result, escalation and dead-letter topics.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    results: String,
+    escalate: Option<String>,
+    dead_letter: String,
+}
+
+impl KafkaSink {
+    /// Creates the producer.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
+        let mut cc = ClientConfig::new();
+        cc.set("bootstrap.servers", &cfg.brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("client.id", "labelmill-producer")
+            .set("linger.ms", "5");
+        for (k, v) in cfg.properties.iter().chain(&cfg.producer_properties) {
+            cc.set(k, v);
+        }
+        Ok(Self {
+            producer: cc.create()?,
+            results: cfg.results_topic.clone(),
+            escalate: cfg.escalate_topic.clone(),
+            dead_letter: cfg.dead_letter_topic.clone(),
+        })
+    }
+
+    /// Sends one record and awaits its delivery report.
+    pub async fn publish(&self, msg: Outgoing<'_>) -> Result<bool, SinkError> {
+        let topic = match msg.kind {
+            OutputKind::Result => &self.results,
+            OutputKind::DeadLetter => &self.dead_letter,
+            OutputKind::Escalate => match &self.escalate {
+                Some(t) => t,
+                None => return Ok(false),
+            },
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
+        for (k, v) in msg.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(msg.payload)
+            .headers(headers);
+        if let Some(k) = msg.key {
+            record = record.key(k);
+        }
+        // Waits while the local queue is full (backpressure), then for the broker's report.
+        match self.producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => Ok(true),
+            Err((error, _)) => Err(SinkError::Kafka {
+                topic: topic.clone(),
+                error,
+            }),
+        }
+    }
+
+    /// Flushes the producer's queue.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "kafka producer flush did not finish");
+        }
+    }
+}

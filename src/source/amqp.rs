@@ -1,0 +1,232 @@
+//! RabbitMQ input: competing consumers with manual acks, prefetch from the in-flight bound, and
+//! reconnection.
+//!
+//! A delivery is acked only after its result or dead letter is confirmed by the broker. When the
+//! connection drops, unacked deliveries go back to the queue (the broker redelivers them with
+//! `redelivered=true`); this module reconnects after `reconnect_delay` and consumes again.
+
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::{Acker, Delivery, Origin};
+use crate::config::AmqpConfig;
+
+/// Acks one AMQP delivery on the channel it came from.
+#[derive(Debug)]
+pub struct AmqpAck {
+    acker: lapin::Acker,
+    origin: String,
+}
+
+impl AmqpAck {
+    /// Acks the delivery. A failure means the channel is gone, and with it the delivery: the broker
+    /// has requeued it already, so there is nothing left to do but note the coming duplicate.
+    pub async fn ack(self) {
+        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(delivery = %self.origin, error = %e, "ack failed; the broker will redeliver");
+        }
+    }
+
+    /// Returns the delivery to its queue.
+    pub async fn requeue(self) {
+        let opts = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        if let Err(e) = self.acker.nack(opts).await {
+            tracing::warn!(delivery = %self.origin, error = %e, "nack failed; the broker will redeliver");
+        }
+    }
+}
+
+/// The connection and consuming channel; close it after the drain.
+pub struct Session {
+    conn: Connection,
+    ch: lapin::Channel,
+}
+
+impl Session {
+    /// Closes the channel and the connection; unacked deliveries return to their queues.
+    pub async fn close(self) {
+        let _ = self.ch.close(200, "labelmill worker shut down".into()).await;
+        let _ = self.conn.close(200, "labelmill worker shut down".into()).await;
+    }
+}
+
+/// Consumes the configured queues into `tx` until `stop` turns true, reconnecting on failure.
+/// Returns the live session, which must stay open until in-flight deliveries are acked (dropping
+/// the consuming channel would requeue them).
+pub async fn run(
+    cfg: AmqpConfig,
+    prefetch: u16,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Delivery>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Session> {
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        match session(&cfg, prefetch, &slots, &tx, &mut stop).await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                tracing::warn!(error = %e, uri = %crate::config::redact_uri(&cfg.uri),
+                    "rabbitmq connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.reconnect_delay) => {}
+                    _ = stop.changed() => return None,
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    cfg: &AmqpConfig,
+    prefetch: u16,
+    slots: &Arc<Semaphore>,
+    tx: &mpsc::Sender<Delivery>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<Session>, lapin::Error> {
+    let conn = Connection::connect(&cfg.uri, ConnectionProperties::default()).await?;
+    // The consuming channel is not used for publishing, so a failed publish cannot close it and
+    // requeue the deliveries in flight.
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    if cfg.declare {
+        declare(cfg, &ch).await?;
+    }
+    let mut consumers = Vec::new();
+    let mut tags = Vec::new();
+    for input in &cfg.inputs {
+        let c = ch
+            .basic_consume(
+                input.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tags.push(c.tag());
+        let (queue, task) = (input.queue.clone(), input.task.clone());
+        consumers.push(c.map(move |d| (queue.clone(), task.clone(), d)).boxed());
+    }
+    tracing::info!(queues = cfg.inputs.len(), prefetch, "rabbitmq consumer started");
+    let mut merged = stream::select_all(consumers);
+    loop {
+        let next = tokio::select! {
+            n = merged.next() => n,
+            _ = stop.changed() => {
+                for tag in tags {
+                    // Stop intake; deliveries received but not forwarded are requeued on close.
+                    let _ = ch.basic_cancel(tag, BasicCancelOptions::default()).await;
+                }
+                return Ok(Some(Session { conn, ch }));
+            }
+        };
+        let (queue, task, d) = match next {
+            Some((q, t, Ok(d))) => (q, t, d),
+            Some((_, _, Err(e))) => return Err(e),
+            // A consumer cancelled by the broker (queue deleted, node shutdown): start over.
+            None => {
+                return Err(std::io::Error::other("a consumer was cancelled by the broker").into())
+            }
+        };
+        // The prefetch bounds what the broker sends; the slot bounds it over all sources.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stop.changed() => return Ok(Some(Session { conn, ch })),
+        };
+        let origin = Origin::Amqp {
+            queue,
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
+        };
+        let headers = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().iter().map(|(k, v)| (k.to_string(), header_bytes(v))).collect())
+            .unwrap_or_default();
+        let delivery = Delivery {
+            payload: d.data,
+            key: None,
+            headers,
+            default_task: task,
+            timestamp_ms: d.properties.timestamp().map(|t| (t as i64).saturating_mul(1000)),
+            ack: Acker::Amqp(AmqpAck {
+                acker: d.acker,
+                origin: origin.short(),
+            }),
+            origin,
+            failed_attempts: 0,
+            permit,
+        };
+        if tx.send(delivery).await.is_err() {
+            return Ok(Some(Session { conn, ch }));
+        }
+    }
+}
+
+/// Declares durable input queues, the exchange, and a queue per output routing key bound to it.
+async fn declare(cfg: &AmqpConfig, ch: &lapin::Channel) -> Result<(), lapin::Error> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for input in &cfg.inputs {
+        ch.queue_declare(input.queue.as_str().into(), durable, FieldTable::default())
+            .await?;
+    }
+    if !cfg.exchange.is_empty() {
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            cfg.exchange.as_str().into(),
+            ExchangeKind::Direct,
+            opts,
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    let outputs = [
+        Some(&cfg.results_routing_key),
+        cfg.escalate_routing_key.as_ref(),
+        Some(&cfg.dead_letter_routing_key),
+    ];
+    for key in outputs.into_iter().flatten() {
+        ch.queue_declare(key.as_str().into(), durable, FieldTable::default())
+            .await?;
+        if !cfg.exchange.is_empty() {
+            ch.queue_bind(
+                key.as_str().into(),
+                cfg.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+fn header_bytes(v: &AMQPValue) -> Vec<u8> {
+    match v {
+        AMQPValue::LongString(s) => s.as_bytes().to_vec(),
+        AMQPValue::ShortString(s) => s.as_str().as_bytes().to_vec(),
+        AMQPValue::ByteArray(b) => b.as_slice().to_vec(),
+        other => format!("{other:?}").into_bytes(),
+    }
+}

@@ -1,0 +1,111 @@
+//! Where documents come from: a [`Delivery`] carries the payload, its coordinates and its acker.
+//!
+//! The acknowledgement travels with the data: a delivery is acknowledged (Kafka offset stored,
+//! AMQP delivery acked) only by the code that saw its result or dead letter confirmed published.
+
+pub mod amqp;
+pub mod kafka;
+pub mod offsets;
+
+use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Where a message was read: copied into results and dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "broker", rename_all = "lowercase")]
+pub enum Origin {
+    /// A Kafka record.
+    Kafka {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+        /// Consumer group.
+        group: String,
+    },
+    /// A RabbitMQ delivery.
+    Amqp {
+        /// Queue consumed.
+        queue: String,
+        /// Delivery tag on the consuming channel.
+        delivery_tag: u64,
+        /// Whether the broker delivered it before.
+        redelivered: bool,
+        /// The publisher's message id, when set.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+    },
+}
+
+impl Origin {
+    /// `topic/partition@offset` or `queue#tag`, for logs.
+    pub fn short(&self) -> String {
+        match self {
+            Self::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } => format!("{topic}/{partition}@{offset}"),
+            Self::Amqp {
+                queue,
+                delivery_tag,
+                ..
+            } => format!("{queue}#{delivery_tag}"),
+        }
+    }
+}
+
+/// One message read from a broker, not yet acknowledged.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message body.
+    pub payload: Vec<u8>,
+    /// The Kafka key (AMQP: none).
+    pub key: Option<Vec<u8>>,
+    /// Message headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Coordinates.
+    pub origin: Origin,
+    /// The task bound to the topic or queue, for messages that name none.
+    pub default_task: Option<String>,
+    /// Broker timestamp in ms since the epoch, when known.
+    pub timestamp_ms: Option<i64>,
+    /// Completes the delivery.
+    pub ack: Acker,
+    /// Processing attempts so far that failed transiently.
+    pub failed_attempts: u32,
+    /// Holds one slot of the in-flight bound until the delivery is done with.
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// How a delivery is completed; each variant belongs to its source.
+#[derive(Debug)]
+pub enum Acker {
+    /// Store the Kafka offset once every earlier offset of the partition is done too.
+    Kafka(kafka::OffsetAck),
+    /// Ack the AMQP delivery on its channel.
+    Amqp(amqp::AmqpAck),
+}
+
+impl Acker {
+    /// The delivery's output is published: let the broker forget it.
+    pub async fn ack(self) {
+        match self {
+            Self::Kafka(a) => a.done(),
+            Self::Amqp(a) => a.ack().await,
+        }
+    }
+
+    /// The delivery could not be completed (its dead letter could not be published): leave it
+    /// for the broker to deliver again. Kafka: its offset is never stored, so the partition's
+    /// commit stays below it until a restart or rebalance; RabbitMQ: requeued now.
+    pub async fn give_up(self) {
+        match self {
+            Self::Kafka(a) => a.abandon(),
+            Self::Amqp(a) => a.requeue().await,
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Per-partition offset bookkeeping: which Kafka offset may be stored, given out-of-order completion.
+//!
+//! An offset is stored only when its message and every earlier message of its partition read in
+//! the same assignment are done. A revoked partition's entries are dropped, so work finishing
+//! after the revoke never stores an offset (it becomes a duplicate on the new owner, not a loss).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+struct Partition {
+    epoch: u64,
+    /// offset -> done; only offsets read and not yet stored.
+    pending: BTreeMap<i64, bool>,
+}
+
+/// Offsets in flight for every assigned partition.
+#[derive(Debug, Default)]
+pub struct Offsets {
+    inner: Mutex<(u64, HashMap<(String, i32), Partition>)>,
+}
+
+impl Offsets {
+    /// A new empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The partition was assigned: start afresh (librdkafka also forgets stored offsets then).
+    pub fn assign(&self, topic: &str, partition: i32) {
+        let mut g = self.lock();
+        g.0 += 1;
+        let epoch = g.0;
+        g.1.insert(
+            (topic.to_string(), partition),
+            Partition {
+                epoch,
+                pending: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// The partition was revoked: its in-flight offsets will never be stored.
+    pub fn revoke(&self, topic: &str, partition: i32) -> usize {
+        self.lock()
+            .1
+            .remove(&(topic.to_string(), partition))
+            .map_or(0, |p| p.pending.len())
+    }
+
+    /// A message was read; returns the assignment epoch its completion must quote.
+    pub fn received(&self, topic: &str, partition: i32, offset: i64) -> u64 {
+        let mut g = self.lock();
+        if !g.1.contains_key(&(topic.to_string(), partition)) {
+            g.0 += 1;
+            let epoch = g.0;
+            g.1.insert(
+                (topic.to_string(), partition),
+                Partition {
+                    epoch,
+                    pending: BTreeMap::new(),
+                },
+            );
+        }
+        let p = g
+            .1
+            .get_mut(&(topic.to_string(), partition))
+            .expect("inserted above");
+        p.pending.insert(offset, false);
+        p.epoch
+    }
+
+    /// The message at `offset` is done. If that completes a contiguous run from the partition's
+    /// oldest pending offset, `store` is called with the run's last offset, under the lock, so
+    /// stores of one partition never go backwards. Returns the stored offset.
+    pub fn done(
+        &self,
+        topic: &str,
+        partition: i32,
+        epoch: u64,
+        offset: i64,
+        store: impl FnOnce(i64),
+    ) -> Option<i64> {
+        let mut g = self.lock();
+        let p = g.1.get_mut(&(topic.to_string(), partition))?;
+        if p.epoch != epoch {
+            return None;
+        }
+        *p.pending.get_mut(&offset)? = true;
+        let mut last = None;
+        while let Some(entry) = p.pending.first_entry() {
+            if !*entry.get() {
+                break;
+            }
+            last = Some(*entry.key());
+            entry.remove();
+        }
+        if let Some(o) = last {
+            store(o);
+        }
+        last
+    }
+
+    /// Offsets read and not yet stored, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.lock().1.values().map(|p| p.pending.len()).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<(String, i32), Partition>)> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(o: &Offsets, epoch: u64, off: i64) -> Option<i64> {
+        o.done("t", 0, epoch, off, |_| {})
+    }
+
+    #[test]
+    fn stores_only_the_contiguous_watermark() {
+        let o = Offsets::new();
+        o.assign("t", 0);
+        let e = (10..15).map(|off| o.received("t", 0, off)).last().unwrap();
+        assert_eq!(done(&o, e, 12), None, "10 and 11 are not done");
+        assert_eq!(done(&o, e, 11), None);
+        assert_eq!(done(&o, e, 10), Some(12), "10..=12 done: store 12");
+        assert_eq!(done(&o, e, 14), None);
+        assert_eq!(o.in_flight(), 2);
+        assert_eq!(done(&o, e, 13), Some(14));
+        assert_eq!(o.in_flight(), 0);
+    }
+
+    #[test]
+    fn partitions_are_independent() {
+        let o = Offsets::new();
+        let a = o.received("t", 0, 5);
+        let b = o.received("t", 1, 7);
+        assert_eq!(o.done("t", 1, b, 7, |_| {}), Some(7));
+        assert_eq!(o.done("t", 0, a, 5, |_| {}), Some(5));
+    }
+
+    #[test]
+    fn work_of_a_revoked_partition_never_stores() {
+        let o = Offsets::new();
+        o.assign("t", 0);
+        let old = o.received("t", 0, 3);
+        assert_eq!(o.revoke("t", 0), 1);
+        assert_eq!(done(&o, old, 3), None, "revoked");
+        o.assign("t", 0);
+        let new = o.received("t", 0, 3);
+        assert_ne!(old, new);
+        assert_eq!(done(&o, old, 3), None, "a completion from the old assignment");
+        let mut stored = Vec::new();
+        o.done("t", 0, new, 3, |s| stored.push(s));
+        assert_eq!(stored, vec![3]);
+    }
+}

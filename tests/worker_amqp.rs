@@ -1,0 +1,370 @@
+//! `labelmill worker` against the RabbitMQ server at 127.0.0.1:5672 (started by .ci/run).
+//!
+//! Each test declares its own exchange and queues, runs the real binary on a generated model, and
+//! checks what comes out: every id once, bad input dead-lettered with its code, no loss across
+//! kill -9, no duplicates across SIGTERM.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::worker::{bad_docs, good_docs, tally, Setup, WorkerProc};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+
+const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// One test's exchange and queues.
+struct Rabbit {
+    _conn: Connection,
+    ch: Channel,
+    tag: String,
+}
+
+impl Rabbit {
+    async fn new(tag: &str) -> Self {
+        let tag = common::worker::unique(tag);
+        let conn = Connection::connect(URI, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ at 127.0.0.1:5672 (run .ci/run, which starts it)");
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        ch.exchange_declare(
+            tag.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut args = FieldTable::default();
+        // Leftovers of failed runs disappear after ten idle minutes.
+        args.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
+        for q in ["input", "results", "escalate", "dead"] {
+            let name = format!("{tag}.{q}");
+            ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args.clone())
+                .await
+                .unwrap();
+            if q != "input" {
+                ch.queue_bind(
+                    name.as_str().into(),
+                    tag.as_str().into(),
+                    q.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        Self { _conn: conn, ch, tag }
+    }
+
+    fn queue(&self, q: &str) -> String {
+        format!("{}.{q}", self.tag)
+    }
+
+    /// The worker's `[amqp]` section (and batching) for this test's names.
+    fn config(&self, results_key: &str, extra: &str) -> String {
+        format!(
+            r#"
+[batching]
+max_docs = 16
+max_wait = "20ms"
+max_in_flight = 64
+
+[retry]
+max_attempts = 3
+initial_backoff = "20ms"
+
+[shutdown]
+drain_deadline = "30s"
+
+[amqp]
+uri = "{URI}"
+inputs = [{{ queue = "{input}" }}]
+exchange = "{tag}"
+results_routing_key = "{results_key}"
+escalate_routing_key = "escalate"
+dead_letter_routing_key = "dead"
+{extra}
+"#,
+            input = self.queue("input"),
+            tag = self.tag,
+        )
+    }
+
+    /// Publishes payloads to the input queue (with a correlation header), waiting for confirms.
+    async fn publish(&self, docs: &[Vec<u8>]) {
+        for (i, p) in docs.iter().enumerate() {
+            let mut h = FieldTable::default();
+            h.insert(
+                "correlation-id".into(),
+                AMQPValue::LongString(LongString::from(format!("corr-{i}"))),
+            );
+            let c = self
+                .ch
+                .basic_publish(
+                    "".into(),
+                    self.queue("input").as_str().into(),
+                    BasicPublishOptions::default(),
+                    p,
+                    BasicProperties::default().with_headers(h),
+                )
+                .await
+                .unwrap();
+            assert!(c.await.unwrap().is_ack());
+        }
+    }
+
+    /// Reads JSON messages from queue `q` until `want` arrived and then `settle` passed with
+    /// nothing new (so duplicates are seen too), or until `timeout`.
+    async fn collect(&self, q: &str, want: usize, settle: Duration, timeout: Duration) -> Vec<Value> {
+        let ch = self.ch.clone();
+        let mut consumer = ch
+            .basic_consume(
+                self.queue(q).as_str().into(),
+                common::worker::unique("reader").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let start = Instant::now();
+        let mut last = Instant::now();
+        while start.elapsed() < timeout {
+            if out.len() >= want && last.elapsed() >= settle {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    out.push(serde_json::from_slice(&d.data).unwrap());
+                    last = Instant::now();
+                }
+                Ok(_) => break,
+                Err(_) => {}
+            }
+        }
+        ch.basic_cancel(consumer.tag(), Default::default()).await.unwrap();
+        out
+    }
+
+    async fn depth(&self, q: &str) -> u32 {
+        let mut args = FieldTable::default();
+        args.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
+        let opts = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.ch
+            .queue_declare(self.queue(q).as_str().into(), opts, args)
+            .await
+            .unwrap()
+            .message_count()
+    }
+}
+
+fn ids(values: &[Value]) -> Vec<String> {
+    values.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_documents_in_thousand_results_out() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-1k").await;
+    let docs = good_docs(1000);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let results = r.collect("results", 1000, Duration::from_secs(2), Duration::from_secs(180)).await;
+    let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
+    let t = tally(&sent, &ids(&results));
+    eprintln!("rabbitmq 1000: {t:?}");
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!((t.unique, t.duplicates), (1000, 0));
+    // Results carry where they came from, the correlation header, and token counts.
+    let first = results.iter().find(|v| v["id"] == "d-0").unwrap();
+    assert_eq!(first["source"]["broker"], "amqp");
+    assert_eq!(first["source"]["queue"], r.queue("input"));
+    assert_eq!(first["headers"]["correlation-id"], "corr-0");
+    assert_eq!(first["task"], "ticket");
+    assert!(first["prefix_tokens"].as_u64().unwrap() > 0);
+    assert!(first["doc_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(r.depth("dead").await, 0);
+    assert_eq!(r.depth("input").await, 0, "every delivery acked");
+    assert!(w.alive());
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+    assert_eq!(w.report()["labelled"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_class_is_dead_lettered_with_its_code() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-bad").await;
+    let max_payload = 4096;
+    let good = good_docs(40);
+    let bad = bad_docs(max_payload);
+    // Bad documents sit between good ones, so they share batches with them.
+    let mut payloads = Vec::new();
+    for (i, g) in good.iter().enumerate() {
+        payloads.push(g.1.clone());
+        if let Some(b) = bad.get(i / 4).filter(|_| i % 4 == 3) {
+            payloads.push(b.1.clone());
+        }
+    }
+    r.publish(&payloads).await;
+    let extra = format!("\n[input]\nmax_payload_bytes = {max_payload}\n");
+    let cfg = setup.config("w.toml", &format!("{extra}{}", r.config("results", "")));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let dead = r.collect("dead", bad.len(), Duration::from_secs(1), Duration::from_secs(120)).await;
+    let results = r.collect("results", good.len(), Duration::from_secs(1), Duration::from_secs(120)).await;
+    let (_, validator) = schema("dead_letter");
+    let mut codes: Vec<String> = dead
+        .iter()
+        .map(|d| {
+            let errors: Vec<String> = validator.iter_errors(d).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{d} -> {errors:?}");
+            assert_eq!(d["attempts"], 1, "bad input is not retried");
+            assert_eq!(d["source"]["broker"], "amqp");
+            d["error"]["code"].as_str().unwrap().to_string()
+        })
+        .collect();
+    codes.sort();
+    let mut want: Vec<String> = bad.iter().map(|b| b.0.to_string()).collect();
+    want.sort();
+    assert_eq!(codes, want);
+    // The original bytes are kept: base64 when not UTF-8, text otherwise.
+    let utf8 = dead.iter().find(|d| d["error"]["code"] == "invalid_utf8").unwrap();
+    assert!(utf8.get("payload").is_none());
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(utf8["payload_base64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw, bad[0].1);
+    let json = dead.iter().find(|d| d["error"]["code"] == "malformed_json").unwrap();
+    assert_eq!(json["payload"].as_str().unwrap().as_bytes(), &bad[1].1[..]);
+    let tokens = dead.iter().find(|d| d["error"]["code"] == "token_limit_exceeded").unwrap();
+    assert_eq!((tokens["stage"].as_str(), tokens["task"].as_str()), (Some("tokenize"), Some("strict")));
+    let t = tally(&good.iter().map(|g| g.0.clone()).collect::<Vec<_>>(), &ids(&results));
+    assert!(t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(), "{t:?}");
+    assert!(w.alive(), "the worker keeps running after bad input");
+    assert_eq!(r.depth("input").await, 0);
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_batch_then_restart_loses_nothing() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-kill").await;
+    let n = 800;
+    let docs = good_docs(n);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
+    let before = r.collect("results", 150, Duration::ZERO, Duration::from_secs(120)).await;
+    w.kill9();
+    let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
+    let rest = r.collect("results", n - before.len(), Duration::from_secs(3), Duration::from_secs(180)).await;
+    let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
+    let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
+    eprintln!("rabbitmq kill -9: {} results, {t:?}", all.len());
+    assert!(t.lost.is_empty(), "lost after kill -9: {t:?}");
+    assert!(t.unexpected.is_empty());
+    // Only deliveries unacked at the kill can come again: at most the prefetch (max_in_flight).
+    assert!(t.duplicates <= 64, "{} duplicates > 64 in flight", t.duplicates);
+    assert!(w2.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_restart_has_no_duplicates() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-term").await;
+    let n = 600;
+    let docs = good_docs(n);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
+    let before = r.collect("results", 100, Duration::ZERO, Duration::from_secs(120)).await;
+    let status = w.sigterm(Duration::from_secs(60));
+    assert!(status.success(), "exit status {status}");
+    let report = w.report();
+    assert_eq!(report["abandoned"], 0, "{report}");
+    let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
+    let rest = r.collect("results", n - before.len(), Duration::from_secs(3), Duration::from_secs(180)).await;
+    let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
+    let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
+    eprintln!("rabbitmq SIGTERM: first run labelled {}, {t:?}", report["labelled"]);
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!(t.duplicates, 0, "a drained shutdown acks everything it published");
+    assert!(w2.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_results_are_not_acked_as_published() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-unroutable").await;
+    let docs = good_docs(5);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    // Nothing is bound to this routing key: a mandatory publish comes back, which is a failure.
+    let cfg = setup.config("w.toml", &r.config("nowhere", ""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let dead = r.collect("dead", 5, Duration::from_secs(1), Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), 5);
+    for d in &dead {
+        assert_eq!(d["error"]["code"], "retries_exhausted");
+        assert_eq!(d["stage"], "publish");
+        assert_eq!(d["attempts"], 1);
+        assert!(d["error"]["message"].as_str().unwrap().contains("unroutable"), "{d}");
+    }
+    assert_eq!(r.depth("results").await, 0);
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_confidence_results_are_escalated() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-esc").await;
+    let n = 60;
+    let docs = good_docs(n);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    let threshold = 0.5;
+    let body = format!("[routing]\nescalate_below = {{ ticket = {threshold} }}\n{}", r.config("results", ""));
+    let cfg = setup.config("w.toml", &body);
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let results = r.collect("results", n, Duration::from_secs(1), Duration::from_secs(120)).await;
+    assert_eq!(results.len(), n);
+    let want: Vec<String> = results
+        .iter()
+        .filter(|v| v["score"].as_f64().unwrap() < threshold)
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    for v in &results {
+        assert_eq!(v["escalated"].as_bool().unwrap(), v["score"].as_f64().unwrap() < threshold);
+    }
+    let escalated = r.collect("escalate", want.len(), Duration::from_secs(1), Duration::from_secs(30)).await;
+    let mut got = ids(&escalated);
+    let mut want = want;
+    got.sort();
+    want.sort();
+    eprintln!("escalated {} of {n} at threshold {threshold}", want.len());
+    assert!(!want.is_empty() && want.len() < n, "the test needs both kinds: {}", want.len());
+    assert_eq!(got, want);
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+}
+
+fn schema(name: &str) -> (Value, jsonschema::Validator) {
+    let text = std::fs::read_to_string(format!("schemas/{name}.schema.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::validator_for(&v).unwrap();
+    (v, validator)
+}

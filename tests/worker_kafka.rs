@@ -1,0 +1,165 @@
+//! `labelmill worker` against a Kafka broker at 127.0.0.1:9092 (tansu with sqlite storage, started by
+//! .ci/run): every id once, bad input dead-lettered, no loss across kill -9, no duplicates across
+//! SIGTERM, two workers of one group sharing the partitions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::kafka::{committed, Reader, Topics};
+use common::worker::{bad_docs, good_docs, tally, Setup, WorkerProc};
+
+const BROKERS: &str = "127.0.0.1:9092";
+
+fn sent_ids(docs: &[(String, Vec<u8>)]) -> Vec<String> {
+    docs.iter().map(|d| d.0.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_documents_in_thousand_results_out() {
+    let setup = Setup::new();
+    let k = Topics::create(BROKERS, "lm-1k", 3).await;
+    let docs = good_docs(1000);
+    k.produce(&docs).await;
+    let cfg = setup.config("w.toml", &k.config(""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let mut results = Reader::new(BROKERS, &k.topic("results"));
+    results.collect(1000, Duration::from_secs(3), Duration::from_secs(240));
+    let t = tally(&sent_ids(&docs), &results.ids());
+    eprintln!("kafka 1000: {t:?}");
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!((t.unique, t.duplicates), (1000, 0));
+    // Keyed by document id; source coordinates and the correlation header are carried.
+    for (key, v) in &results.seen {
+        assert_eq!(key.as_deref(), v["id"].as_str());
+        assert_eq!(v["source"]["broker"], "kafka");
+        assert_eq!(v["source"]["topic"], k.topic("input"));
+    }
+    let d0 = &results.seen.iter().find(|(_, v)| v["id"] == "d-0").unwrap().1;
+    assert_eq!(d0["headers"]["correlation-id"], "corr-0");
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+    // After the drain every message is committed.
+    let c = committed(BROKERS, &format!("{}.group", k.tag), &k.topic("input"), 3);
+    assert_eq!(c.values().sum::<i64>(), 1000, "{c:?}");
+    assert_eq!(w.report()["labelled"], 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_class_is_dead_lettered_with_its_code() {
+    let setup = Setup::new();
+    let k = Topics::create(BROKERS, "lm-bad", 1).await;
+    let max_payload = 4096;
+    let good = good_docs(30);
+    let bad = bad_docs(max_payload);
+    let mut all = good.clone();
+    for (i, b) in bad.iter().enumerate() {
+        all.insert(i * 3 + 1, (format!("bad-{i}"), b.1.clone()));
+    }
+    let coords = k.produce(&all).await;
+    let body = format!("[input]\nmax_payload_bytes = {max_payload}\n{}", k.config(""));
+    let cfg = setup.config("w.toml", &body);
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let mut dead = Reader::new(BROKERS, &k.topic("dead"));
+    dead.collect(bad.len(), Duration::from_secs(2), Duration::from_secs(120));
+    let mut results = Reader::new(BROKERS, &k.topic("results"));
+    results.collect(good.len(), Duration::from_secs(1), Duration::from_secs(120));
+    let mut codes: Vec<String> = dead
+        .seen
+        .iter()
+        .map(|(_, d)| d["error"]["code"].as_str().unwrap().to_string())
+        .collect();
+    codes.sort();
+    let mut want: Vec<String> = bad.iter().map(|b| b.0.to_string()).collect();
+    want.sort();
+    assert_eq!(codes, want);
+    // Each dead letter names its source offset, and the message there is the bad one.
+    for (key, d) in &dead.seen {
+        let i: usize = key.as_deref().unwrap().trim_start_matches("bad-").parse().unwrap();
+        let (p, o) = coords[i * 3 + 1];
+        assert_eq!((d["source"]["partition"].as_i64(), d["source"]["offset"].as_i64()), (Some(p as i64), Some(o)));
+        assert_eq!(d["error"]["code"], bad[i].0);
+        assert_eq!(d["payload_size"].as_u64(), Some(bad[i].1.len() as u64));
+    }
+    let t = tally(&sent_ids(&good), &results.ids());
+    assert!(t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(), "{t:?}");
+    assert!(w.alive());
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+    let c = committed(BROKERS, &format!("{}.group", k.tag), &k.topic("input"), 1);
+    assert_eq!(c.get(&0).copied(), Some(all.len() as i64), "dead-lettered offsets are committed too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_batch_then_restart_loses_nothing() {
+    let setup = Setup::new();
+    let k = Topics::create(BROKERS, "lm-kill", 2).await;
+    let n = 800;
+    let docs = good_docs(n);
+    k.produce(&docs).await;
+    let cfg = setup.config("w.toml", &k.config(""));
+    let mut results = Reader::new(BROKERS, &k.topic("results"));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
+    let start = Instant::now();
+    results.collect(200, Duration::ZERO, Duration::from_secs(120));
+    let rate = results.seen.len() as f64 / start.elapsed().as_secs_f64();
+    w.kill9();
+    let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
+    results.collect(n, Duration::from_secs(3), Duration::from_secs(240));
+    let t = tally(&sent_ids(&docs), &results.ids());
+    // What can come again: documents in flight (max_in_flight = 64) plus those finished since
+    // the last commit (auto.commit.interval.ms = 200), at the rate measured before the kill.
+    let bound = 64 + (rate * 0.2).ceil() as usize;
+    eprintln!("kafka kill -9: {t:?}, bound {bound} (rate {rate:.0} docs/s incl. start-up)");
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert!(t.duplicates <= bound, "{} duplicates > {bound}", t.duplicates);
+    assert!(w2.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_then_restart_has_no_duplicates() {
+    let setup = Setup::new();
+    let k = Topics::create(BROKERS, "lm-term", 2).await;
+    let n = 600;
+    let docs = good_docs(n);
+    k.produce(&docs).await;
+    let cfg = setup.config("w.toml", &k.config(""));
+    let mut results = Reader::new(BROKERS, &k.topic("results"));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
+    results.collect(100, Duration::ZERO, Duration::from_secs(120));
+    let status = w.sigterm(Duration::from_secs(60));
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(w.report()["abandoned"], 0);
+    let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
+    results.collect(n, Duration::from_secs(3), Duration::from_secs(240));
+    let t = tally(&sent_ids(&docs), &results.ids());
+    eprintln!("kafka SIGTERM: first run labelled {}, {t:?}", w.report()["labelled"]);
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!(t.duplicates, 0);
+    assert!(w2.sigterm(Duration::from_secs(60)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_in_one_group_share_the_partitions() {
+    let setup = Setup::new();
+    let k = Topics::create(BROKERS, "lm-group", 4).await;
+    let cfg = setup.config("w.toml", &k.config(""));
+    let mut w1 = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
+    w1.wait_for_log("partitions assigned", Duration::from_secs(60));
+    let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
+    w2.wait_for_log("partitions assigned", Duration::from_secs(60));
+    // Let the first worker finish its side of the rebalance.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = 1000;
+    let docs = good_docs(n);
+    k.produce(&docs).await;
+    let mut results = Reader::new(BROKERS, &k.topic("results"));
+    results.collect(n, Duration::from_secs(3), Duration::from_secs(240));
+    let t = tally(&sent_ids(&docs), &results.ids());
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!(t.duplicates, 0, "{t:?}");
+    assert!(w2.sigterm(Duration::from_secs(60)).success());
+    assert!(w1.sigterm(Duration::from_secs(60)).success());
+    let (a, b) = (w1.report()["labelled"].as_u64().unwrap(), w2.report()["labelled"].as_u64().unwrap());
+    eprintln!("two workers: {a} + {b}");
+    assert!(a > 0 && b > 0, "both workers took a share: {a} + {b}");
+    assert_eq!(a + b, n as u64);
+}

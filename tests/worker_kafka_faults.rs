@@ -1,0 +1,133 @@
+//! Fault injection with librdkafka's mock cluster: produce errors and a broker outage while the
+//! worker runs in this process. Throughout, nothing is committed before its result is delivered,
+//! and in the end every document has its result.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::kafka::{committed, Reader};
+use common::worker::{good_docs, Setup};
+use labelmill::config::WorkerConfig;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+#[test]
+fn produce_errors_and_broker_outage_lose_nothing_and_never_commit_early() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    for (t, p) in [("in", 2), ("results", 1), ("escalate", 1), ("dead", 1)] {
+        mock.create_topic(t, p, 1).unwrap();
+    }
+    let n = 300;
+    let docs = good_docs(n);
+    // Where each document landed, to check commits against results.
+    let coords: Vec<(i32, i64)> = rt.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let mut out = Vec::new();
+        for (id, payload) in &docs {
+            let rec = FutureRecord::to("in").key(id.as_bytes()).payload(payload.as_slice());
+            let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
+            out.push((d.partition, d.offset));
+        }
+        out
+    });
+    let by_coord: HashMap<(i32, i64), String> = coords
+        .iter()
+        .zip(&docs)
+        .map(|(c, d)| (*c, d.0.clone()))
+        .collect();
+
+    let setup = Setup::new();
+    let body = format!(
+        r#"
+[batching]
+max_docs = 8
+max_wait = "10ms"
+max_in_flight = 32
+
+[retry]
+max_attempts = 20
+initial_backoff = "50ms"
+max_backoff = "500ms"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "faults"
+inputs = [{{ topic = "in", task = "ticket" }}]
+results_topic = "results"
+escalate_topic = "escalate"
+dead_letter_topic = "dead"
+# Deliveries time out during the outage, so the worker's own publish retries are exercised too.
+producer_properties = {{ "message.timeout.ms" = "1500" }}
+"#
+    );
+    let cfg_path = setup.config("w.toml", &body);
+    let cfg = WorkerConfig::load(&cfg_path).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = rt.spawn(labelmill::worker::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+
+    // Retriable produce errors: librdkafka retries them inside the idempotent producer.
+    let retriable = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8];
+    mock.request_errors(RDKafkaApiKey::Produce, &retriable);
+
+    let mut results = Reader::new(&brokers, "results");
+    let mut checks = 0;
+    let mut max_committed = 0;
+    let mut outage = None;
+    let mut restored = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(180) {
+        // Read commits first, results second: every committed offset's result must already be
+        // there (it was delivered before its offset was stored).
+        let c = committed(&brokers, "faults", "in", 2);
+        results.poll_for(Duration::from_millis(150));
+        let have: std::collections::HashSet<String> = results.ids().into_iter().collect();
+        for (p, next) in &c {
+            for o in 0..*next {
+                let id = &by_coord[&(*p, o)];
+                assert!(have.contains(id), "partition {p} committed to {next} but {id} (offset {o}) has no result");
+            }
+        }
+        checks += 1;
+        max_committed = max_committed.max(c.values().sum::<i64>());
+        match outage {
+            None if results.seen.len() >= 40 => {
+                mock.broker_down(1).unwrap();
+                outage = Some(Instant::now());
+            }
+            Some(t) if !restored && t.elapsed() >= Duration::from_secs(4) => {
+                mock.broker_up(1).unwrap();
+                restored = true;
+            }
+            _ => {}
+        }
+        if have.len() >= n && c.values().sum::<i64>() == n as i64 {
+            break;
+        }
+    }
+    let _ = mock.broker_up(1);
+    assert!(outage.is_some(), "the outage was injected");
+    let _ = stop_tx.send(());
+    let report = rt.block_on(worker).unwrap().unwrap();
+    results.poll_for(Duration::from_secs(1));
+    let t = common::worker::tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &results.ids());
+    eprintln!("mock faults: {checks} commit checks, max committed {max_committed}, {t:?}, report {report:?}");
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!(report.dead_lettered, 0);
+    let c = committed(&brokers, "faults", "in", 2);
+    assert_eq!(c.values().sum::<i64>(), n as i64, "all committed at the end: {c:?}");
+}

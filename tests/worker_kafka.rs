@@ -102,6 +102,9 @@ async fn kill9_mid_batch_then_restart_loses_nothing() {
     results.collect(200, Duration::ZERO, Duration::from_secs(120));
     let rate = results.seen.len() as f64 / start.elapsed().as_secs_f64();
     w.kill9();
+    if std::env::var("SHOW_LOG").is_ok() {
+        eprintln!("{}", w.log_text());
+    }
     let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
     results.collect(n, Duration::from_secs(3), Duration::from_secs(240));
     let t = tally(&sent_ids(&docs), &results.ids());

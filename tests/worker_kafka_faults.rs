@@ -91,18 +91,19 @@ producer_properties = {{ "message.timeout.ms" = "1500" }}
     let mut restored = false;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(180) {
-        // Read commits first, results second: every committed offset's result must already be
-        // there (it was delivered before its offset was stored).
+        // Read commits first, then every result the topic holds by now: each committed offset's
+        // result must be among them (it was delivered before its offset was stored).
         let c = committed(&brokers, "faults", "in", 2);
-        results.poll_for(Duration::from_millis(150));
+        let caught_up = results.catch_up(Duration::from_secs(3));
         let have: std::collections::HashSet<String> = results.ids().into_iter().collect();
-        for (p, next) in &c {
+        for (p, next) in c.iter().filter(|_| caught_up) {
             for o in 0..*next {
                 let id = &by_coord[&(*p, o)];
                 assert!(have.contains(id), "partition {p} committed to {next} but {id} (offset {o}) has no result");
             }
         }
-        checks += 1;
+        checks += usize::from(caught_up && !c.is_empty());
+        std::thread::sleep(Duration::from_millis(100));
         max_committed = max_committed.max(c.values().sum::<i64>());
         match outage {
             None if results.seen.len() >= 40 => {
@@ -121,6 +122,7 @@ producer_properties = {{ "message.timeout.ms" = "1500" }}
     }
     let _ = mock.broker_up(1);
     assert!(outage.is_some(), "the outage was injected");
+    assert!(checks >= 10, "the commit invariant was checked {checks} times");
     let _ = stop_tx.send(());
     let report = rt.block_on(worker).unwrap().unwrap();
     results.poll_for(Duration::from_secs(1));

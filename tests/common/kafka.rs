@@ -79,6 +79,8 @@ inputs = [{{ topic = "{tag}.input", task = "ticket" }}]
 results_topic = "{tag}.results"
 escalate_topic = "{tag}.escalate"
 dead_letter_topic = "{tag}.dead"
+# A killed worker's partitions move on after 6 s instead of the default 45 s.
+consumer_properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 {extra}
 "#,
             brokers = self.brokers,
@@ -123,6 +125,9 @@ dead_letter_topic = "{tag}.dead"
 /// Reads a topic from the beginning, accumulating what it has seen.
 pub struct Reader {
     consumer: BaseConsumer,
+    topic: String,
+    /// Next offset to read, per partition.
+    next: HashMap<i32, i64>,
     /// Messages so far: (key, JSON body).
     pub seen: Vec<(Option<String>, Value)>,
 }
@@ -146,8 +151,36 @@ impl Reader {
         consumer.assign(&tpl).unwrap();
         Self {
             consumer,
+            topic: topic.to_string(),
+            next: HashMap::new(),
             seen: Vec::new(),
         }
+    }
+
+    /// Reads until everything the topic holds now (its high watermarks) was read. False when
+    /// that does not happen within `timeout` (the broker is unreachable, say).
+    pub fn catch_up(&mut self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        let Ok(md) = self.consumer.fetch_metadata(Some(&self.topic), timeout) else {
+            return false;
+        };
+        let mut highs = Vec::new();
+        for p in md.topics()[0].partitions() {
+            match self.consumer.fetch_watermarks(&self.topic, p.id(), timeout) {
+                Ok((_, high)) => highs.push((p.id(), high)),
+                Err(_) => return false,
+            }
+        }
+        while start.elapsed() < timeout {
+            if highs
+                .iter()
+                .all(|(p, h)| self.next.get(p).copied().unwrap_or(0) >= *h)
+            {
+                return true;
+            }
+            self.poll_for(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Polls for up to `d`.
@@ -156,6 +189,7 @@ impl Reader {
         while start.elapsed() < d {
             match self.consumer.poll(Duration::from_millis(50)) {
                 Some(Ok(m)) => {
+                    self.next.insert(m.partition(), m.offset() + 1);
                     let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
                     let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
                     self.seen.push((key, v));

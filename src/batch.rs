@@ -89,7 +89,13 @@ impl<T> Batcher<T> {
 
     /// Adds a document of `tokens` tokens for task `task`; returns the batches this closes (the
     /// task's previous batch when the document does not fit in it, and the new one when full).
-    pub fn push(&mut self, task: usize, tokens: usize, item: T, now: Instant) -> Vec<(usize, Vec<T>)> {
+    pub fn push(
+        &mut self,
+        task: usize,
+        tokens: usize,
+        item: T,
+        now: Instant,
+    ) -> Vec<(usize, Vec<T>)> {
         let limits = self.limits;
         let q = &mut self.queues[task];
         let mut closed = Vec::new();

@@ -219,14 +219,25 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .kafka
                 .iter()
                 .flat_map(|k| k.inputs.iter().map(|i| &i.task))
-                .chain(cfg.amqp.iter().flat_map(|a| a.inputs.iter().map(|i| &i.task)));
+                .chain(
+                    cfg.amqp
+                        .iter()
+                        .flat_map(|a| a.inputs.iter().map(|i| &i.task)),
+                );
             for t in bound.flatten() {
                 if !names.contains(&t.as_str()) {
-                    bail!("an input is bound to task '{t}', which {} does not define", cfg.model.tasks.display());
+                    bail!(
+                        "an input is bound to task '{t}', which {} does not define",
+                        cfg.model.tasks.display()
+                    );
                 }
             }
             print!("{}", cfg.redacted_toml());
-            eprintln!("configuration is valid ({} tasks: {})", names.len(), names.join(", "));
+            eprintln!(
+                "configuration is valid ({} tasks: {})",
+                names.len(),
+                names.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify(a) => classify(a),

@@ -357,10 +357,12 @@ impl WorkerConfig {
         } else {
             format!("{origin} with {}", applied.join(", "))
         };
-        let cfg: Self = doc.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin,
-            message: e.to_string(),
-        })?;
+        let cfg: Self = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                origin,
+                message: e.to_string(),
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -441,11 +443,12 @@ fn apply_override(doc: &mut toml::Value, path: &[String], value: &str) -> Result
         match node {
             toml::Value::Table(t) => {
                 if last {
-                    let parsed = if in_properties || matches!(t.get(&key), Some(toml::Value::String(_))) {
-                        toml::Value::String(value.to_string())
-                    } else {
-                        parse_scalar(value)
-                    };
+                    let parsed =
+                        if in_properties || matches!(t.get(&key), Some(toml::Value::String(_))) {
+                            toml::Value::String(value.to_string())
+                        } else {
+                            parse_scalar(value)
+                        };
                     t.insert(key, parsed);
                     return Ok(());
                 }
@@ -459,9 +462,9 @@ fn apply_override(doc: &mut toml::Value, path: &[String], value: &str) -> Result
                     .parse()
                     .map_err(|_| format!("'{seg}' is not an index into a list"))?;
                 let len = a.len();
-                let item = a.get_mut(idx).ok_or_else(|| {
-                    format!("index {idx} is past the end of a list of {len}")
-                })?;
+                let item = a
+                    .get_mut(idx)
+                    .ok_or_else(|| format!("index {idx} is past the end of a list of {len}"))?;
                 if last {
                     *item = parse_scalar(value);
                     return Ok(());
@@ -585,12 +588,19 @@ dead_letter_routing_key = "dead"
     fn bad_overrides_and_values_are_refused() {
         let e = WorkerConfig::parse(BASE, "t", vars(&[("LABELMILL_BATCHING__MAX_WAT", "1s")]));
         assert!(e.unwrap_err().to_string().contains("max_wat"));
-        let e = WorkerConfig::parse(BASE, "t", vars(&[("LABELMILL_KAFKA__INPUTS__3__TOPIC", "x")]));
+        let e = WorkerConfig::parse(
+            BASE,
+            "t",
+            vars(&[("LABELMILL_KAFKA__INPUTS__3__TOPIC", "x")]),
+        );
         assert!(matches!(e, Err(ConfigError::Override { .. })));
         let e = WorkerConfig::parse(
             BASE,
             "t",
-            vars(&[("LABELMILL_KAFKA__CONSUMER_PROPERTIES__ENABLE_AUTO_OFFSET_STORE", "true")]),
+            vars(&[(
+                "LABELMILL_KAFKA__CONSUMER_PROPERTIES__ENABLE_AUTO_OFFSET_STORE",
+                "true",
+            )]),
         );
         assert!(matches!(e, Err(ConfigError::Invalid(_))));
     }
@@ -599,8 +609,14 @@ dead_letter_routing_key = "dead"
     fn secrets_are_redacted() {
         let c = WorkerConfig::parse(BASE, "t", vars(&[])).unwrap();
         let shown = c.redacted_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("amqps://svc:****@rabbit:5671/%2f"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("amqps://svc:****@rabbit:5671/%2f"),
+            "{shown}"
+        );
         assert!(shown.contains("SASL_SSL"));
         assert_eq!(redact_uri("amqp://host/"), "amqp://host/");
     }

@@ -142,11 +142,7 @@ impl DeadLetter {
             }
             Err(_) => text_or_base64(kept),
         };
-        let (key, key_base64) = d
-            .key
-            .as_deref()
-            .map(text_or_base64)
-            .unwrap_or((None, None));
+        let (key, key_base64) = d.key.as_deref().map(text_or_base64).unwrap_or((None, None));
         let headers = d
             .headers
             .iter()

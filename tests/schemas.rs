@@ -20,7 +20,7 @@ fn assert_valid(validator: &jsonschema::Validator, doc: &Value, what: &str) {
 
 #[test]
 fn schema_examples_conform() {
-    for name in ["input", "result", "error"] {
+    for name in ["input", "result", "error", "dead_letter"] {
         let (v, validator) = schema(name);
         let examples = v["examples"].as_array().unwrap();
         assert!(!examples.is_empty(), "{name} has examples");

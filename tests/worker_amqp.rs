@@ -34,7 +34,9 @@ impl Rabbit {
             .await
             .expect("RabbitMQ at 127.0.0.1:5672 (run .ci/run, which starts it)");
         let ch = conn.create_channel().await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
         ch.exchange_declare(
             tag.as_str().into(),
             ExchangeKind::Direct,
@@ -48,9 +50,13 @@ impl Rabbit {
         args.insert("x-expires".into(), AMQPValue::LongUInt(600_000));
         for q in ["input", "results", "escalate", "dead"] {
             let name = format!("{tag}.{q}");
-            ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args.clone())
-                .await
-                .unwrap();
+            ch.queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::default(),
+                args.clone(),
+            )
+            .await
+            .unwrap();
             if q != "input" {
                 ch.queue_bind(
                     name.as_str().into(),
@@ -127,7 +133,13 @@ dead_letter_routing_key = "dead"
     /// nothing new (so duplicates are seen too), or until `timeout`. Each message is acked once
     /// read; the reader's own channel is closed at the end, so what it prefetched and did not
     /// read goes back to the queue.
-    async fn collect(&self, q: &str, want: usize, settle: Duration, timeout: Duration) -> Vec<Value> {
+    async fn collect(
+        &self,
+        q: &str,
+        want: usize,
+        settle: Duration,
+        timeout: Duration,
+    ) -> Vec<Value> {
         let ch = self.conn.create_channel().await.unwrap();
         ch.basic_qos(50, Default::default()).await.unwrap();
         let mut consumer = ch
@@ -176,7 +188,10 @@ dead_letter_routing_key = "dead"
 }
 
 fn ids(values: &[Value]) -> Vec<String> {
-    values.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect()
+    values
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,10 +199,18 @@ async fn thousand_documents_in_thousand_results_out() {
     let setup = Setup::new();
     let r = Rabbit::new("lm-1k").await;
     let docs = good_docs(1000);
-    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
     let cfg = setup.config("w.toml", &r.config("results", ""));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
-    let results = r.collect("results", 1000, Duration::from_secs(2), Duration::from_secs(180)).await;
+    let results = r
+        .collect(
+            "results",
+            1000,
+            Duration::from_secs(2),
+            Duration::from_secs(180),
+        )
+        .await;
     let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
     let t = tally(&sent, &ids(&results));
     eprintln!("rabbitmq 1000: {t:?}");
@@ -227,8 +250,22 @@ async fn every_bad_input_class_is_dead_lettered_with_its_code() {
     let extra = format!("\n[input]\nmax_payload_bytes = {max_payload}\n");
     let cfg = setup.config("w.toml", &format!("{extra}{}", r.config("results", "")));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
-    let dead = r.collect("dead", bad.len(), Duration::from_secs(1), Duration::from_secs(120)).await;
-    let results = r.collect("results", good.len(), Duration::from_secs(1), Duration::from_secs(120)).await;
+    let dead = r
+        .collect(
+            "dead",
+            bad.len(),
+            Duration::from_secs(1),
+            Duration::from_secs(120),
+        )
+        .await;
+    let results = r
+        .collect(
+            "results",
+            good.len(),
+            Duration::from_secs(1),
+            Duration::from_secs(120),
+        )
+        .await;
     let (_, validator) = schema("dead_letter");
     let mut codes: Vec<String> = dead
         .iter()
@@ -245,19 +282,37 @@ async fn every_bad_input_class_is_dead_lettered_with_its_code() {
     want.sort();
     assert_eq!(codes, want);
     // The original bytes are kept: base64 when not UTF-8, text otherwise.
-    let utf8 = dead.iter().find(|d| d["error"]["code"] == "invalid_utf8").unwrap();
+    let utf8 = dead
+        .iter()
+        .find(|d| d["error"]["code"] == "invalid_utf8")
+        .unwrap();
     assert!(utf8.get("payload").is_none());
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(utf8["payload_base64"].as_str().unwrap())
         .unwrap();
     assert_eq!(raw, bad[0].1);
-    let json = dead.iter().find(|d| d["error"]["code"] == "malformed_json").unwrap();
+    let json = dead
+        .iter()
+        .find(|d| d["error"]["code"] == "malformed_json")
+        .unwrap();
     assert_eq!(json["payload"].as_str().unwrap().as_bytes(), &bad[1].1[..]);
-    let tokens = dead.iter().find(|d| d["error"]["code"] == "token_limit_exceeded").unwrap();
-    assert_eq!((tokens["stage"].as_str(), tokens["task"].as_str()), (Some("tokenize"), Some("strict")));
-    let t = tally(&good.iter().map(|g| g.0.clone()).collect::<Vec<_>>(), &ids(&results));
-    assert!(t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(), "{t:?}");
+    let tokens = dead
+        .iter()
+        .find(|d| d["error"]["code"] == "token_limit_exceeded")
+        .unwrap();
+    assert_eq!(
+        (tokens["stage"].as_str(), tokens["task"].as_str()),
+        (Some("tokenize"), Some("strict"))
+    );
+    let t = tally(
+        &good.iter().map(|g| g.0.clone()).collect::<Vec<_>>(),
+        &ids(&results),
+    );
+    assert!(
+        t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(),
+        "{t:?}"
+    );
     assert!(w.alive(), "the worker keeps running after bad input");
     assert_eq!(r.depth("input").await, 0);
     assert!(w.sigterm(Duration::from_secs(60)).success());
@@ -269,20 +324,34 @@ async fn kill9_mid_batch_then_restart_loses_nothing() {
     let r = Rabbit::new("lm-kill").await;
     let n = 800;
     let docs = good_docs(n);
-    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
     let cfg = setup.config("w.toml", &r.config("results", ""));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
-    let before = r.collect("results", 150, Duration::ZERO, Duration::from_secs(120)).await;
+    let before = r
+        .collect("results", 150, Duration::ZERO, Duration::from_secs(120))
+        .await;
     w.kill9();
     let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
-    let rest = r.collect("results", n - before.len(), Duration::from_secs(3), Duration::from_secs(180)).await;
+    let rest = r
+        .collect(
+            "results",
+            n - before.len(),
+            Duration::from_secs(3),
+            Duration::from_secs(180),
+        )
+        .await;
     let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
     let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
     eprintln!("rabbitmq kill -9: {} results, {t:?}", all.len());
     assert!(t.lost.is_empty(), "lost after kill -9: {t:?}");
     assert!(t.unexpected.is_empty());
     // Only deliveries unacked at the kill can come again: at most the prefetch (max_in_flight).
-    assert!(t.duplicates <= 64, "{} duplicates > 64 in flight", t.duplicates);
+    assert!(
+        t.duplicates <= 64,
+        "{} duplicates > 64 in flight",
+        t.duplicates
+    );
     assert!(w2.sigterm(Duration::from_secs(60)).success());
 }
 
@@ -292,21 +361,37 @@ async fn sigterm_drains_then_restart_has_no_duplicates() {
     let r = Rabbit::new("lm-term").await;
     let n = 600;
     let docs = good_docs(n);
-    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
     let cfg = setup.config("w.toml", &r.config("results", ""));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
-    let before = r.collect("results", 100, Duration::ZERO, Duration::from_secs(120)).await;
+    let before = r
+        .collect("results", 100, Duration::ZERO, Duration::from_secs(120))
+        .await;
     let status = w.sigterm(Duration::from_secs(60));
     assert!(status.success(), "exit status {status}");
     let report = w.report();
     assert_eq!(report["abandoned"], 0, "{report}");
     let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
-    let rest = r.collect("results", n - before.len(), Duration::from_secs(3), Duration::from_secs(180)).await;
+    let rest = r
+        .collect(
+            "results",
+            n - before.len(),
+            Duration::from_secs(3),
+            Duration::from_secs(180),
+        )
+        .await;
     let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
     let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
-    eprintln!("rabbitmq SIGTERM: first run labelled {}, {t:?}", report["labelled"]);
+    eprintln!(
+        "rabbitmq SIGTERM: first run labelled {}, {t:?}",
+        report["labelled"]
+    );
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
-    assert_eq!(t.duplicates, 0, "a drained shutdown acks everything it published");
+    assert_eq!(
+        t.duplicates, 0,
+        "a drained shutdown acks everything it published"
+    );
     assert!(w2.sigterm(Duration::from_secs(60)).success());
 }
 
@@ -315,17 +400,26 @@ async fn unroutable_results_are_not_acked_as_published() {
     let setup = Setup::new();
     let r = Rabbit::new("lm-unroutable").await;
     let docs = good_docs(5);
-    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
     // Nothing is bound to this routing key: a mandatory publish comes back, which is a failure.
     let cfg = setup.config("w.toml", &r.config("nowhere", ""));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
-    let dead = r.collect("dead", 5, Duration::from_secs(1), Duration::from_secs(60)).await;
+    let dead = r
+        .collect("dead", 5, Duration::from_secs(1), Duration::from_secs(60))
+        .await;
     assert_eq!(dead.len(), 5);
     for d in &dead {
         assert_eq!(d["error"]["code"], "retries_exhausted");
         assert_eq!(d["stage"], "publish");
         assert_eq!(d["attempts"], 1);
-        assert!(d["error"]["message"].as_str().unwrap().contains("unroutable"), "{d}");
+        assert!(
+            d["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("unroutable"),
+            "{d}"
+        );
     }
     assert_eq!(r.depth("results").await, 0);
     assert!(w.sigterm(Duration::from_secs(60)).success());
@@ -337,14 +431,25 @@ async fn low_confidence_results_are_escalated() {
     let r = Rabbit::new("lm-esc").await;
     let n = 60;
     let docs = good_docs(n);
-    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>()).await;
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
     // The random-weight model is sure of itself (top scores 0.9987..0.9997 on these documents):
     // a threshold inside that range gives both kinds.
     let threshold: f32 = 0.9995;
-    let body = format!("[routing]\nescalate_below = {{ ticket = {threshold} }}\n{}", r.config("results", ""));
+    let body = format!(
+        "[routing]\nescalate_below = {{ ticket = {threshold} }}\n{}",
+        r.config("results", "")
+    );
     let cfg = setup.config("w.toml", &body);
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
-    let results = r.collect("results", n, Duration::from_secs(1), Duration::from_secs(120)).await;
+    let results = r
+        .collect(
+            "results",
+            n,
+            Duration::from_secs(1),
+            Duration::from_secs(120),
+        )
+        .await;
     assert_eq!(results.len(), n);
     let want: Vec<String> = results
         .iter()
@@ -352,15 +457,29 @@ async fn low_confidence_results_are_escalated() {
         .map(|v| v["id"].as_str().unwrap().to_string())
         .collect();
     for v in &results {
-        assert_eq!(v["escalated"].as_bool().unwrap(), (v["score"].as_f64().unwrap() as f32) < threshold);
+        assert_eq!(
+            v["escalated"].as_bool().unwrap(),
+            (v["score"].as_f64().unwrap() as f32) < threshold
+        );
     }
-    let escalated = r.collect("escalate", want.len(), Duration::from_secs(1), Duration::from_secs(30)).await;
+    let escalated = r
+        .collect(
+            "escalate",
+            want.len(),
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+        )
+        .await;
     let mut got = ids(&escalated);
     let mut want = want;
     got.sort();
     want.sort();
     eprintln!("escalated {} of {n} at threshold {threshold}", want.len());
-    assert!(!want.is_empty() && want.len() < n, "the test needs both kinds: {}", want.len());
+    assert!(
+        !want.is_empty() && want.len() < n,
+        "the test needs both kinds: {}",
+        want.len()
+    );
     assert_eq!(got, want);
     assert!(w.sigterm(Duration::from_secs(60)).success());
 }

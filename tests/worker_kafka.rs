@@ -35,7 +35,12 @@ async fn thousand_documents_in_thousand_results_out() {
         assert_eq!(v["source"]["broker"], "kafka");
         assert_eq!(v["source"]["topic"], k.topic("input"));
     }
-    let d0 = &results.seen.iter().find(|(_, v)| v["id"] == "d-0").unwrap().1;
+    let d0 = &results
+        .seen
+        .iter()
+        .find(|(_, v)| v["id"] == "d-0")
+        .unwrap()
+        .1;
     assert_eq!(d0["headers"]["correlation-id"], "corr-0");
     assert!(w.sigterm(Duration::from_secs(60)).success());
     // After the drain every message is committed.
@@ -56,7 +61,10 @@ async fn every_bad_input_class_is_dead_lettered_with_its_code() {
         all.insert(i * 3 + 1, (format!("bad-{i}"), b.1.clone()));
     }
     let coords = k.produce(&all).await;
-    let body = format!("[input]\nmax_payload_bytes = {max_payload}\n{}", k.config(""));
+    let body = format!(
+        "[input]\nmax_payload_bytes = {max_payload}\n{}",
+        k.config("")
+    );
     let cfg = setup.config("w.toml", &body);
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
     let mut dead = Reader::new(BROKERS, &k.topic("dead"));
@@ -74,18 +82,36 @@ async fn every_bad_input_class_is_dead_lettered_with_its_code() {
     assert_eq!(codes, want);
     // Each dead letter names its source offset, and the message there is the bad one.
     for (key, d) in &dead.seen {
-        let i: usize = key.as_deref().unwrap().trim_start_matches("bad-").parse().unwrap();
+        let i: usize = key
+            .as_deref()
+            .unwrap()
+            .trim_start_matches("bad-")
+            .parse()
+            .unwrap();
         let (p, o) = coords[i * 3 + 1];
-        assert_eq!((d["source"]["partition"].as_i64(), d["source"]["offset"].as_i64()), (Some(p as i64), Some(o)));
+        assert_eq!(
+            (
+                d["source"]["partition"].as_i64(),
+                d["source"]["offset"].as_i64()
+            ),
+            (Some(p as i64), Some(o))
+        );
         assert_eq!(d["error"]["code"], bad[i].0);
         assert_eq!(d["payload_size"].as_u64(), Some(bad[i].1.len() as u64));
     }
     let t = tally(&sent_ids(&good), &results.ids());
-    assert!(t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(), "{t:?}");
+    assert!(
+        t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(),
+        "{t:?}"
+    );
     assert!(w.alive());
     assert!(w.sigterm(Duration::from_secs(60)).success());
     let c = committed(BROKERS, &format!("{}.group", k.tag), &k.topic("input"), 1);
-    assert_eq!(c.get(&0).copied(), Some(all.len() as i64), "dead-lettered offsets are committed too");
+    assert_eq!(
+        c.get(&0).copied(),
+        Some(all.len() as i64),
+        "dead-lettered offsets are committed too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +139,11 @@ async fn kill9_mid_batch_then_restart_loses_nothing() {
     let bound = 64 + (rate * 0.2).ceil() as usize;
     eprintln!("kafka kill -9: {t:?}, bound {bound} (rate {rate:.0} docs/s incl. start-up)");
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
-    assert!(t.duplicates <= bound, "{} duplicates > {bound}", t.duplicates);
+    assert!(
+        t.duplicates <= bound,
+        "{} duplicates > {bound}",
+        t.duplicates
+    );
     assert!(w2.sigterm(Duration::from_secs(60)).success());
 }
 
@@ -134,7 +164,10 @@ async fn sigterm_drains_then_restart_has_no_duplicates() {
     let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
     results.collect(n, Duration::from_secs(3), Duration::from_secs(240));
     let t = tally(&sent_ids(&docs), &results.ids());
-    eprintln!("kafka SIGTERM: first run labelled {}, {t:?}", w.report()["labelled"]);
+    eprintln!(
+        "kafka SIGTERM: first run labelled {}, {t:?}",
+        w.report()["labelled"]
+    );
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     assert_eq!(t.duplicates, 0);
     assert!(w2.sigterm(Duration::from_secs(60)).success());
@@ -161,7 +194,10 @@ async fn two_workers_in_one_group_share_the_partitions() {
     assert_eq!(t.duplicates, 0, "{t:?}");
     assert!(w2.sigterm(Duration::from_secs(60)).success());
     assert!(w1.sigterm(Duration::from_secs(60)).success());
-    let (a, b) = (w1.report()["labelled"].as_u64().unwrap(), w2.report()["labelled"].as_u64().unwrap());
+    let (a, b) = (
+        w1.report()["labelled"].as_u64().unwrap(),
+        w2.report()["labelled"].as_u64().unwrap(),
+    );
     eprintln!("two workers: {a} + {b}");
     assert!(a > 0 && b > 0, "both workers took a share: {a} + {b}");
     assert_eq!(a + b, n as u64);

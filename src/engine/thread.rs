@@ -71,10 +71,13 @@ pub fn spawn<T: Send + 'static>(
         .expect("spawning the engine thread")
 }
 
+/// Scores one batch of documents (token ids), or fails for the whole batch.
+pub type BatchScorer<'a, S, E> = dyn FnMut(&[&[u32]]) -> Result<Vec<S>, E> + 'a;
+
 /// Scores `docs` in one call; if that fails, scores each half the same way, down to single
 /// documents, whose own errors are returned in their place.
 pub fn score_isolating<S, E: Clone>(
-    score: &mut dyn FnMut(&[&[u32]]) -> Result<Vec<S>, E>,
+    score: &mut BatchScorer<'_, S, E>,
     docs: &[&[u32]],
 ) -> Vec<Result<S, E>> {
     if docs.is_empty() {
@@ -110,12 +113,20 @@ mod tests {
 
     #[test]
     fn a_poison_document_fails_alone() {
-        let raw: Vec<Vec<u32>> = (1..=8).map(|i| vec![if i == 6 { 666 } else { i }]).collect();
+        let raw: Vec<Vec<u32>> = (1..=8)
+            .map(|i| vec![if i == 6 { 666 } else { i }])
+            .collect();
         let docs: Vec<&[u32]> = raw.iter().map(Vec::as_slice).collect();
         let mut calls = 0;
         let out = score_isolating(&mut poisoned(&mut calls), &docs);
         let expect: Vec<Result<u32, String>> = (1..=8)
-            .map(|i| if i == 6 { Err("poison".into()) } else { Ok(i * 10) })
+            .map(|i| {
+                if i == 6 {
+                    Err("poison".into())
+                } else {
+                    Ok(i * 10)
+                }
+            })
             .collect();
         assert_eq!(out, expect);
         // 8 -> 4+4 -> (ok) 2+2 -> (ok) 1+1: about 2 log2(n) + 1 calls, not n.

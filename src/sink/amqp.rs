@@ -9,7 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
-use super::{OutputKind, Outgoing, SinkError};
+use super::{Outgoing, OutputKind, SinkError};
 use crate::config::AmqpConfig;
 
 /// Opens confirm-mode channels, reconnecting when the publishing connection is gone.
@@ -95,7 +95,10 @@ impl AmqpSink {
             .map_err(|e| SinkError::Pool(e.to_string()))?;
         let mut headers = FieldTable::default();
         for (k, v) in msg.headers {
-            headers.insert(k.as_str().into(), AMQPValue::LongString(LongString::from(v.clone())));
+            headers.insert(
+                k.as_str().into(),
+                AMQPValue::LongString(LongString::from(v.clone())),
+            );
         }
         let props = BasicProperties::default()
             .with_content_type("application/json".into())

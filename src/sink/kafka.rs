@@ -6,7 +6,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{OutputKind, Outgoing, SinkError};
+use super::{Outgoing, OutputKind, SinkError};
 use crate::config::KafkaConfig;
 
 /// Publishes to the configured result, escalation and dead-letter topics.

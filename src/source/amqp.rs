@@ -56,8 +56,14 @@ pub struct Session {
 impl Session {
     /// Closes the channel and the connection; unacked deliveries return to their queues.
     pub async fn close(self) {
-        let _ = self.ch.close(200, "labelmill worker shut down".into()).await;
-        let _ = self.conn.close(200, "labelmill worker shut down".into()).await;
+        let _ = self
+            .ch
+            .close(200, "labelmill worker shut down".into())
+            .await;
+        let _ = self
+            .conn
+            .close(200, "labelmill worker shut down".into())
+            .await;
     }
 }
 
@@ -119,7 +125,11 @@ async fn session(
         let (queue, task) = (input.queue.clone(), input.task.clone());
         consumers.push(c.map(move |d| (queue.clone(), task.clone(), d)).boxed());
     }
-    tracing::info!(queues = cfg.inputs.len(), prefetch, "rabbitmq consumer started");
+    tracing::info!(
+        queues = cfg.inputs.len(),
+        prefetch,
+        "rabbitmq consumer started"
+    );
     let mut merged = stream::select_all(consumers);
     loop {
         let next = tokio::select! {
@@ -155,14 +165,22 @@ async fn session(
             .properties
             .headers()
             .as_ref()
-            .map(|h| h.inner().iter().map(|(k, v)| (k.to_string(), header_bytes(v))).collect())
+            .map(|h| {
+                h.inner()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), header_bytes(v)))
+                    .collect()
+            })
             .unwrap_or_default();
         let delivery = Delivery {
             payload: d.data,
             key: None,
             headers,
             default_task: task,
-            timestamp_ms: d.properties.timestamp().map(|t| (t as i64).saturating_mul(1000)),
+            timestamp_ms: d
+                .properties
+                .timestamp()
+                .map(|t| (t as i64).saturating_mul(1000)),
             ack: Acker::Amqp(AmqpAck {
                 acker: d.acker,
                 origin: origin.short(),

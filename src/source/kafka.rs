@@ -68,7 +68,11 @@ pub struct OffsetAck {
 
 impl std::fmt::Debug for OffsetAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OffsetAck({}/{}@{})", self.topic, self.partition, self.offset)
+        write!(
+            f,
+            "OffsetAck({}/{}@{})",
+            self.topic, self.partition, self.offset
+        )
     }
 }
 
@@ -94,7 +98,9 @@ impl OffsetAck {
 }
 
 /// Creates the consumer and subscribes it to the configured topics.
-pub fn consumer(cfg: &KafkaConfig) -> Result<(Arc<KafkaConsumer>, Arc<Offsets>), rdkafka::error::KafkaError> {
+pub fn consumer(
+    cfg: &KafkaConfig,
+) -> Result<(Arc<KafkaConsumer>, Arc<Offsets>), rdkafka::error::KafkaError> {
     let offsets = Arc::new(Offsets::new());
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers)

@@ -14,10 +14,17 @@ struct Partition {
     pending: BTreeMap<i64, bool>,
 }
 
+#[derive(Debug, Default)]
+struct State {
+    /// Last epoch handed out.
+    epoch: u64,
+    parts: HashMap<(String, i32), Partition>,
+}
+
 /// Offsets in flight for every assigned partition.
 #[derive(Debug, Default)]
 pub struct Offsets {
-    inner: Mutex<(u64, HashMap<(String, i32), Partition>)>,
+    inner: Mutex<State>,
 }
 
 impl Offsets {
@@ -29,9 +36,9 @@ impl Offsets {
     /// The partition was assigned: start afresh (librdkafka also forgets stored offsets then).
     pub fn assign(&self, topic: &str, partition: i32) {
         let mut g = self.lock();
-        g.0 += 1;
-        let epoch = g.0;
-        g.1.insert(
+        g.epoch += 1;
+        let epoch = g.epoch;
+        g.parts.insert(
             (topic.to_string(), partition),
             Partition {
                 epoch,
@@ -43,7 +50,7 @@ impl Offsets {
     /// The partition was revoked: its in-flight offsets will never be stored.
     pub fn revoke(&self, topic: &str, partition: i32) -> usize {
         self.lock()
-            .1
+            .parts
             .remove(&(topic.to_string(), partition))
             .map_or(0, |p| p.pending.len())
     }
@@ -51,10 +58,10 @@ impl Offsets {
     /// A message was read; returns the assignment epoch its completion must quote.
     pub fn received(&self, topic: &str, partition: i32, offset: i64) -> u64 {
         let mut g = self.lock();
-        if !g.1.contains_key(&(topic.to_string(), partition)) {
-            g.0 += 1;
-            let epoch = g.0;
-            g.1.insert(
+        if !g.parts.contains_key(&(topic.to_string(), partition)) {
+            g.epoch += 1;
+            let epoch = g.epoch;
+            g.parts.insert(
                 (topic.to_string(), partition),
                 Partition {
                     epoch,
@@ -63,7 +70,7 @@ impl Offsets {
             );
         }
         let p = g
-            .1
+            .parts
             .get_mut(&(topic.to_string(), partition))
             .expect("inserted above");
         p.pending.insert(offset, false);
@@ -82,7 +89,7 @@ impl Offsets {
         store: impl FnOnce(i64),
     ) -> Option<i64> {
         let mut g = self.lock();
-        let p = g.1.get_mut(&(topic.to_string(), partition))?;
+        let p = g.parts.get_mut(&(topic.to_string(), partition))?;
         if p.epoch != epoch {
             return None;
         }
@@ -103,10 +110,10 @@ impl Offsets {
 
     /// Offsets read and not yet stored, over all partitions.
     pub fn in_flight(&self) -> usize {
-        self.lock().1.values().map(|p| p.pending.len()).sum()
+        self.lock().parts.values().map(|p| p.pending.len()).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<(String, i32), Partition>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -152,7 +159,11 @@ mod tests {
         o.assign("t", 0);
         let new = o.received("t", 0, 3);
         assert_ne!(old, new);
-        assert_eq!(done(&o, old, 3), None, "a completion from the old assignment");
+        assert_eq!(
+            done(&o, old, 3),
+            None,
+            "a completion from the old assignment"
+        );
         let mut stored = Vec::new();
         o.done("t", 0, new, 3, |s| stored.push(s));
         assert_eq!(stored, vec![3]);

@@ -28,6 +28,15 @@ impl Doc {
     }
 }
 
+/// A delivery that cannot be classified, and why.
+#[derive(Debug)]
+pub struct Rejected {
+    /// The message.
+    pub delivery: Delivery,
+    /// The reason.
+    pub failure: Failure,
+}
+
 /// Decodes and validates `d`, resolves its task (the message's, else its topic's or queue's) and
 /// tokenises it. Every failure here is permanent: it goes to the dead letters on the first attempt.
 pub fn admit(
@@ -36,9 +45,9 @@ pub fn admit(
     names: &[String],
     tokenizer: &TextTokenizer,
     max_bytes: usize,
-) -> Result<Doc, (Delivery, Failure)> {
+) -> Result<Doc, Box<Rejected>> {
     let fail = |d: Delivery, e: &dyn CodedError, stage, id: Option<Value>, task: Option<String>| {
-        let f = Failure {
+        let failure = Failure {
             code: e.code(),
             message: e.to_string(),
             stage,
@@ -46,7 +55,10 @@ pub fn admit(
             id,
             task,
         };
-        Err((d, f))
+        Err(Box::new(Rejected {
+            delivery: d,
+            failure,
+        }))
     };
     let input = match decode(&d.payload, max_bytes) {
         Ok(i) => i,
@@ -62,7 +74,10 @@ pub fn admit(
     };
     let named = input.task.as_deref().or(d.default_task.as_deref());
     let task = match resolve_task(named, names) {
-        Ok(t) => names.iter().position(|n| n == t).expect("resolved task exists"),
+        Ok(t) => names
+            .iter()
+            .position(|n| n == t)
+            .expect("resolved task exists"),
         Err(e) => return fail(d, &e, Stage::Validate, Some(input.id), None),
     };
     match tasks[task].encode_doc(tokenizer, &input.text) {

@@ -2,6 +2,7 @@
 //! retries, then acknowledge the input. Nothing is acked before the broker confirmed the output.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -32,6 +33,26 @@ pub struct Finisher {
     pub escalate_below: Vec<Option<f32>>,
     /// Header names (lower case) copied from input to outputs.
     pub correlation_headers: Vec<String>,
+    /// Counters for the run's report.
+    pub counters: Arc<Counters>,
+}
+
+/// Event counts shared by the pipeline's tasks.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Engine batches scored.
+    pub batches: AtomicU64,
+    /// Publishes retried after a failure.
+    pub publish_retries: AtomicU64,
+    /// Documents sent back to the engine after it failed on them alone.
+    pub engine_retries: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `c`.
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How one document ended.
@@ -82,11 +103,19 @@ impl Finisher {
         let escalated = self.escalate_below[doc.task].is_some_and(|t| r.score < t);
         let headers = self.correlation(&d);
         r.source = Some(d.origin.clone());
-        r.key = d.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned());
+        r.key = d
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned());
         if !headers.is_empty() {
             let map: serde_json::Map<String, Value> = headers
                 .iter()
-                .map(|(k, v)| (k.clone(), Value::from(String::from_utf8_lossy(v).into_owned())))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        Value::from(String::from_utf8_lossy(v).into_owned()),
+                    )
+                })
                 .collect();
             r.headers = Some(map);
         }
@@ -112,7 +141,10 @@ impl Finisher {
             if let Err(e) = self.publish(sink, msg).await {
                 let f = Failure {
                     code: "retries_exhausted",
-                    message: format!("publishing the result failed {} times: {e}", self.retry.max_attempts),
+                    message: format!(
+                        "publishing the result failed {} times: {e}",
+                        self.retry.max_attempts
+                    ),
                     stage: Stage::Publish,
                     retryable: true,
                     id: Some(doc.input.id),
@@ -163,6 +195,7 @@ impl Finisher {
             match sink.publish(msg).await {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt < self.retry.max_attempts => {
+                    Counters::bump(&self.counters.publish_retries);
                     let wait = self.retry.backoff(attempt);
                     tracing::warn!(error = %e, attempt, ?wait, "publish failed; retrying");
                     tokio::time::sleep(wait).await;

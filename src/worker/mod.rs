@@ -30,7 +30,7 @@ use crate::sink::{amqp::AmqpSink, kafka::KafkaSink, Sink};
 use crate::source::{self, Delivery};
 use crate::task::TaskFile;
 use admit::{admit, Doc};
-use finish::{Ending, Finisher};
+use finish::{Counters, Ending, Finisher};
 
 /// Errors that stop the worker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -67,10 +67,17 @@ pub struct WorkerReport {
     pub abandoned: usize,
     /// Engine batches run.
     pub batches: u64,
+    /// Publishes retried after a failure (broker down, unroutable, timed out).
+    pub publish_retries: u64,
+    /// Documents retried after the engine failed on them alone.
+    pub engine_retries: u64,
 }
 
 /// Loads the model and tasks of `cfg`, then runs until `shutdown` resolves and the drain ends.
-pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<WorkerReport, StartError> {
+pub async fn run(
+    cfg: WorkerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkerReport, StartError> {
     let specs = TaskFile::load(&cfg.model.tasks)?;
     let device = crate::device()?;
     let (model, tokenizer) = (cfg.model.model.clone(), cfg.model.tokenizer.clone());
@@ -138,7 +145,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     drop(intake_tx);
 
+    let counters = Arc::new(Counters::default());
     let finisher = Arc::new(Finisher {
+        counters: counters.clone(),
         kafka: kafka_sink.clone(),
         amqp: amqp_sink,
         retry: cfg.retry.clone(),
@@ -158,7 +167,13 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let engine_thread = thread::spawn(engine.clone(), tasks.clone(), job_rx, out_tx);
     let (retry_tx, retry_rx) = mpsc::unbounded_channel::<Doc>();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<Ending>();
-    let completion = tokio::spawn(complete(out_rx, finisher.clone(), cfg.retry.clone(), retry_tx, end_tx.clone()));
+    let completion = tokio::spawn(complete(
+        out_rx,
+        finisher.clone(),
+        cfg.retry.clone(),
+        retry_tx,
+        end_tx.clone(),
+    ));
 
     let mut report = WorkerReport::default();
     let mut pipe = Pipeline {
@@ -177,7 +192,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut drain_by: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     loop {
-        let batch_due = pipe.batcher.next_deadline().map(tokio::time::Instant::from_std);
+        let batch_due = pipe
+            .batcher
+            .next_deadline()
+            .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = &mut shutdown, if drain_by.is_none() => {
                 tracing::info!(in_flight = max_in_flight - slots.available_permits(), "draining");
@@ -230,6 +248,13 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
             session.close().await;
         }
     }
+    report.batches = counters.batches.load(std::sync::atomic::Ordering::Relaxed);
+    report.publish_retries = counters
+        .publish_retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+    report.engine_retries = counters
+        .engine_retries
+        .load(std::sync::atomic::Ordering::Relaxed);
     if report.abandoned == 0 {
         let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     }
@@ -267,9 +292,15 @@ struct Pipeline {
 
 impl Pipeline {
     async fn admit(&mut self, d: Delivery, draining: bool) {
-        match admit(d, &self.tasks, &self.names, self.engine.tokenizer(), self.max_bytes) {
+        match admit(
+            d,
+            &self.tasks,
+            &self.names,
+            self.engine.tokenizer(),
+            self.max_bytes,
+        ) {
             Ok(doc) => self.push(doc, draining).await,
-            Err((d, f)) => self.dead_letter(d, f),
+            Err(r) => self.dead_letter(r.delivery, r.failure),
         }
     }
 
@@ -298,7 +329,16 @@ impl Pipeline {
         for (task, docs) in batches {
             let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
             // A full channel waits here: the engine is behind, so intake fills and then pauses.
-            if self.job_tx.send(Job { task, ids, items: docs }).await.is_err() {
+            if self
+                .job_tx
+                .send(Job {
+                    task,
+                    ids,
+                    items: docs,
+                })
+                .await
+                .is_err()
+            {
                 tracing::error!("the engine thread stopped");
             }
         }
@@ -315,16 +355,23 @@ async fn complete(
 ) {
     let mut running = JoinSet::new();
     while let Some(o) = outcomes.recv().await {
+        Counters::bump(&finisher.counters.batches);
         tracing::info!(task = %finisher.tasks[o.task].name, docs = o.results.len(),
             passes = o.passes, engine_ms = o.elapsed.as_millis() as u64, "batch scored");
         for (mut doc, result) in o.results {
-            let (finisher, end, retry_tx, retry) = (finisher.clone(), end.clone(), retry_tx.clone(), retry.clone());
+            let (finisher, end, retry_tx, retry) = (
+                finisher.clone(),
+                end.clone(),
+                retry_tx.clone(),
+                retry.clone(),
+            );
             running.spawn(async move {
                 match result {
                     Ok(scores) => {
                         let _ = end.send(finisher.labelled(doc, &scores).await);
                     }
                     Err(e) if doc.delivery.failed_attempts + 1 < retry.max_attempts => {
+                        Counters::bump(&finisher.counters.engine_retries);
                         doc.delivery.failed_attempts += 1;
                         let wait = retry.backoff(doc.delivery.failed_attempts);
                         tracing::warn!(source = %doc.delivery.origin.short(), error = %e, ?wait, "engine failed on the document; retrying");

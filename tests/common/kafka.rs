@@ -146,7 +146,8 @@ impl Reader {
             .unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .unwrap();
         }
         consumer.assign(&tpl).unwrap();
         Self {
@@ -202,7 +203,12 @@ impl Reader {
 
     /// Polls until `want` messages were seen and then `settle` passed with nothing new, or
     /// `timeout`.
-    pub fn collect(&mut self, want: usize, settle: Duration, timeout: Duration) -> &[(Option<String>, Value)] {
+    pub fn collect(
+        &mut self,
+        want: usize,
+        settle: Duration,
+        timeout: Duration,
+    ) -> &[(Option<String>, Value)] {
         let start = Instant::now();
         let mut last = (self.seen.len(), Instant::now());
         while start.elapsed() < timeout {

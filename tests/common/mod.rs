@@ -1,8 +1,8 @@
 //! Shared test helpers: generated tiny models and a plain reference LLaMA.
 #![allow(dead_code)]
 
-pub mod reference;
 pub mod kafka;
+pub mod reference;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

@@ -33,7 +33,11 @@ pub fn unique(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
 }
 
 /// A temp dir with the generated model's paths, a task file and room for configs and logs.
@@ -111,11 +115,17 @@ impl WorkerProc {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("worker exited ({status}) before logging '{needle}':\n{}", self.log_text());
+                panic!(
+                    "worker exited ({status}) before logging '{needle}':\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("worker did not log '{needle}' within {timeout:?}:\n{}", self.log_text());
+        panic!(
+            "worker did not log '{needle}' within {timeout:?}:\n{}",
+            self.log_text()
+        );
     }
 
     /// Whether the process still runs.
@@ -143,7 +153,10 @@ impl WorkerProc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("worker did not exit within {timeout:?} of SIGTERM:\n{}", self.log_text());
+        panic!(
+            "worker did not exit within {timeout:?} of SIGTERM:\n{}",
+            self.log_text()
+        );
     }
 
     /// The exit report (the JSON line the worker prints last on stderr).
@@ -176,7 +189,9 @@ pub fn good_docs(n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
         .map(|i| {
             let len = 3 + (i * 7) % 20;
-            let text: Vec<&str> = (0..len).map(|j| words[(i * 5 + j * 3) % words.len()]).collect();
+            let text: Vec<&str> = (0..len)
+                .map(|j| words[(i * 5 + j * 3) % words.len()])
+                .collect();
             let id = format!("d-{i}");
             let doc = json!({"id": id, "task": "ticket", "text": text.join(" ")});
             (id, serde_json::to_vec(&doc).unwrap())
@@ -188,19 +203,32 @@ pub fn good_docs(n: usize) -> Vec<(String, Vec<u8>)> {
 pub fn bad_docs(max_payload: usize) -> Vec<(&'static str, Vec<u8>)> {
     let long: Vec<&str> = std::iter::repeat_n("word", 40).collect();
     vec![
-        ("invalid_utf8", b"{\"id\":\"b-1\",\"text\":\"caf\xe9\"}".to_vec()),
-        ("malformed_json", br#"{"id":"b-2","text":"unclosed"#.to_vec()),
-        ("schema_invalid", br#"{"id":"b-3","body":"no text field"}"#.to_vec()),
+        (
+            "invalid_utf8",
+            b"{\"id\":\"b-1\",\"text\":\"caf\xe9\"}".to_vec(),
+        ),
+        (
+            "malformed_json",
+            br#"{"id":"b-2","text":"unclosed"#.to_vec(),
+        ),
+        (
+            "schema_invalid",
+            br#"{"id":"b-3","body":"no text field"}"#.to_vec(),
+        ),
         ("schema_invalid", br#"["b-4"]"#.to_vec()),
         (
             "payload_too_large",
             serde_json::to_vec(&json!({"id": "b-5", "text": "x".repeat(max_payload)})).unwrap(),
         ),
         ("empty_text", br#"{"id":"b-6","text":"   "}"#.to_vec()),
-        ("unknown_task", br#"{"id":"b-7","task":"nope","text":"hello"}"#.to_vec()),
+        (
+            "unknown_task",
+            br#"{"id":"b-7","task":"nope","text":"hello"}"#.to_vec(),
+        ),
         (
             "token_limit_exceeded",
-            serde_json::to_vec(&json!({"id": "b-8", "task": "strict", "text": long.join(" ")})).unwrap(),
+            serde_json::to_vec(&json!({"id": "b-8", "task": "strict", "text": long.join(" ")}))
+                .unwrap(),
         ),
     ]
 }

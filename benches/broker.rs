@@ -5,7 +5,8 @@
 //! result of one warm-up document (model loaded, prefix cached, consumer joined), then times from
 //! the first publish of N documents to the N-th result: decode, batching, engine, publish, ack and
 //! the broker round trips all count. Engine-only runs time the same documents through decode,
-//! tokenisation and `Engine::score` with the worker's batch size. Runs alternate engine / rabbitmq / kafka; medians
+//! tokenisation and `Engine::score` with the worker's batch size. `BENCH_KAFKA_EXTRA` is appended
+//! to the worker's `[kafka]` section (e.g. `consumer_properties = { "fetch.wait.max.ms" = "50" }`). Runs alternate engine / rabbitmq / kafka; medians
 //! and the ratios to the engine are printed as JSON lines. Under `cargo test` it does one small run.
 
 use std::path::Path;
@@ -232,8 +233,11 @@ async fn kafka_run(dir: &Path, payloads: &[Vec<u8>]) -> f64 {
         dir,
         &format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{tag}\"\ninputs = [{{ topic = \"{}\", task = \"ticket\" }}]\n\
-             results_topic = \"{}\"\ndead_letter_topic = \"{}\"\n",
-            topics[0], topics[1], topics[2]
+             results_topic = \"{}\"\ndead_letter_topic = \"{}\"\n{}\n",
+            topics[0],
+            topics[1],
+            topics[2],
+            std::env::var("BENCH_KAFKA_EXTRA").unwrap_or_default()
         ),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -255,6 +259,8 @@ async fn kafka_run(dir: &Path, payloads: &[Vec<u8>]) -> f64 {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", unique("reader"))
+            // Return each fetch as soon as a result is there, so the reader adds no latency.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();

@@ -257,7 +257,10 @@ fn worker(a: WorkerArgs) -> Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let report = rt.block_on(crate::worker::run(cfg, crate::shutdown::signal()))?;
+    let report = rt.block_on(async {
+        let shutdown = crate::shutdown::signal();
+        crate::worker::run(cfg, shutdown).await
+    })?;
     // librdkafka and lapin threads may still be closing; the report is what matters.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     eprintln!("{}", serde_json::to_string(&report)?);

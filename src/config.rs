@@ -403,6 +403,19 @@ impl WorkerConfig {
                 return bad("amqp.publish_channels must be positive");
             }
         }
+        if !self.routing.escalate_below.is_empty() {
+            let kafka_missing = self
+                .kafka
+                .as_ref()
+                .is_some_and(|k| k.escalate_topic.is_none());
+            let amqp_missing = self
+                .amqp
+                .as_ref()
+                .is_some_and(|a| a.escalate_routing_key.is_none());
+            if kafka_missing || amqp_missing {
+                return bad("routing.escalate_below is set: configure kafka.escalate_topic / amqp.escalate_routing_key");
+            }
+        }
         for (task, t) in &self.routing.escalate_below {
             if !(0.0..=1.0).contains(t) {
                 return Err(ConfigError::Invalid(format!(
@@ -538,6 +551,7 @@ tasks = "tasks.toml"
 [kafka]
 brokers = "127.0.0.1:9092"
 results_topic = "out"
+escalate_topic = "esc"
 dead_letter_topic = "dlq"
 inputs = [{ topic = "in", task = "ticket" }]
 properties = { "security.protocol" = "SASL_SSL", "sasl.password" = "hunter2" }
@@ -546,6 +560,7 @@ properties = { "security.protocol" = "SASL_SSL", "sasl.password" = "hunter2" }
 uri = "amqps://svc:s3cret@rabbit:5671/%2f"
 inputs = [{ queue = "docs" }]
 results_routing_key = "results"
+escalate_routing_key = "escalate"
 dead_letter_routing_key = "dead"
 "#;
 
@@ -603,6 +618,14 @@ dead_letter_routing_key = "dead"
             )]),
         );
         assert!(matches!(e, Err(ConfigError::Invalid(_))));
+        // Escalating with nowhere to send escalations is a configuration error.
+        let no_dest = BASE.replace("escalate_topic = \"esc\"\n", "");
+        let e = WorkerConfig::parse(
+            &no_dest,
+            "t",
+            vars(&[("LABELMILL_ROUTING__ESCALATE_BELOW__TICKET", "0.7")]),
+        );
+        assert!(e.unwrap_err().to_string().contains("escalate_topic"));
     }
 
     #[test]

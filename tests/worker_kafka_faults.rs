@@ -150,3 +150,87 @@ producer_properties = {{ "message.timeout.ms" = "1500" }}
         "all committed at the end: {c:?}"
     );
 }
+
+/// Backpressure: with every in-flight slot taken the Kafka source pauses its partitions and keeps
+/// polling; nothing more is read until a slot frees, and the consumer stays in its group.
+#[test]
+fn kafka_intake_pauses_at_the_in_flight_bound() {
+    use labelmill::source::kafka;
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, watch, Semaphore};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("in", 1, 1).unwrap();
+    rt.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for (id, payload) in good_docs(50) {
+            let rec = FutureRecord::to("in")
+                .key(id.as_bytes())
+                .payload(payload.as_slice());
+            producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        }
+    });
+    let cfg: WorkerConfig = WorkerConfig::parse(
+        &format!(
+            "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
+             group_id = \"bp\"\ninputs = [{{ topic = \"in\" }}]\nresults_topic = \"r\"\ndead_letter_topic = \"d\"\n\
+             consumer_properties = {{ \"max.poll.interval.ms\" = \"6000\", \"session.timeout.ms\" = \"6000\" }}\n"
+        ),
+        "test",
+        Vec::new(),
+    )
+    .unwrap();
+    let k = cfg.kafka.unwrap();
+    let slots = Arc::new(Semaphore::new(5));
+    let (tx, mut rx) = mpsc::channel(100);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let got = rt.block_on(async {
+        let (consumer, offsets) = kafka::consumer(&k).unwrap();
+        let source = tokio::spawn(kafka::run(
+            k,
+            consumer.clone(),
+            offsets,
+            slots.clone(),
+            tx,
+            stop_rx,
+        ));
+        // Longer than max.poll.interval.ms: a source that stopped polling would be thrown out.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut first = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            first.push(d);
+        }
+        assert_eq!(first.len(), 5, "only as many messages as slots were read");
+        // Free the slots without acknowledging: five more come in.
+        first.clear();
+        let start = std::time::Instant::now();
+        let mut second = Vec::new();
+        while second.len() < 5 && start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                // Held, so its slot stays taken.
+                second.push(d);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rx.try_recv().is_err(), "no more than the freed slots");
+        use rdkafka::consumer::Consumer;
+        let assigned = consumer.assignment().unwrap().count();
+        let _ = stop_tx.send(true);
+        source.await.unwrap();
+        (second.len(), assigned)
+    });
+    assert_eq!(
+        got,
+        (5, 1),
+        "five more after the slots freed; still assigned after 8 s paused"
+    );
+}

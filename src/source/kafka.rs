@@ -2,11 +2,13 @@
 //!
 //! `enable.auto.offset.store=false` with auto-commit on: librdkafka commits only offsets this code
 //! stored, and it stores one only when the message and every earlier one of its partition are done
-//! ([`Offsets`]). The consumer is polled all the time, also while the engine is busy, so it never
-//! exceeds `max.poll.interval.ms`; when too much is in flight the partitions are paused instead.
+//! ([`Offsets`]). The consumer keeps being polled while the engine is busy, so it never exceeds
+//! `max.poll.interval.ms`: when too much is in flight it stops reading for at most [`pause_after`]
+//! (a third of that interval, at most 5 s), then pauses the partitions and goes on polling.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -123,15 +125,20 @@ pub fn consumer(
 }
 
 /// Reads messages into `tx` until `stop` turns true, holding one `slots` permit per message.
+/// When no slot frees within [`pause_after`], the partitions are paused (polling goes on), and
+/// resumed once `resume_at` slots are free: resuming for every freed slot would refetch one
+/// message per round trip.
 pub async fn run(
     cfg: KafkaConfig,
     consumer: Arc<KafkaConsumer>,
     offsets: Arc<Offsets>,
     slots: Arc<Semaphore>,
+    resume_at: u32,
     tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut held: VecDeque<OwnedMessage> = VecDeque::new();
+    let pause_after = pause_after(&cfg);
     let mut paused = false;
     loop {
         if *stop.borrow() {
@@ -140,12 +147,52 @@ pub async fn run(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // Too much in flight: pause rather than stop polling, so the group keeps us.
+                // Too much in flight. A slot usually frees within a batch: wait without reading
+                // (librdkafka's prefetch queue is bounded by queued.max.messages.kbytes). Pausing
+                // for every short wait would be slow: a pause drops the prefetched messages and a
+                // resume fetches them again.
+                let short = tokio::select! {
+                    p = tokio::time::timeout(pause_after, slots.clone().acquire_owned()) => p.ok(),
+                    _ = stop.changed() => return,
+                };
+                if let Some(p) = short {
+                    let p = p.expect("the semaphore is never closed");
+                    if let Some(m) = held.pop_front() {
+                        if tx
+                            .send(to_delivery(&cfg, &consumer, &offsets, m, p))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    match recv_or_stop(&consumer, &mut stop).await {
+                        Some(Some(m)) => {
+                            if tx
+                                .send(to_delivery(&cfg, &consumer, &offsets, m, p))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Some(None) => {}
+                        None => return,
+                    }
+                    continue;
+                }
+                // A long stall: pause and keep polling, so the group keeps us (max.poll.interval.ms).
+                tracing::info!(?pause_after, "engine behind: pausing kafka partitions");
                 pause(&consumer, true);
                 paused = true;
                 loop {
                     tokio::select! {
-                        p = slots.clone().acquire_owned() => break p.expect("the semaphore is never closed"),
+                        p = slots.clone().acquire_many_owned(resume_at.max(1)) => {
+                            let mut p = p.expect("the semaphore is never closed");
+                            // Keep one slot for the next message; the rest go back for the ones after.
+                            break p.split(1).expect("at least one permit");
+                        }
                         m = consumer.recv() => match m {
                             // Fetched before the pause, or from a partition assigned since.
                             Ok(m) => { held.push_back(m.detach()); pause(&consumer, true); }
@@ -162,15 +209,10 @@ pub async fn run(
         }
         let msg = match held.pop_front() {
             Some(m) => m,
-            None => tokio::select! {
-                m = consumer.recv() => match m {
-                    Ok(m) => m.detach(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "kafka consumer error");
-                        continue;
-                    }
-                },
-                _ = stop.changed() => break,
+            None => match recv_or_stop(&consumer, &mut stop).await {
+                Some(Some(m)) => m,
+                Some(None) => continue,
+                None => break,
             },
         };
         let delivery = to_delivery(&cfg, &consumer, &offsets, msg, permit);
@@ -178,6 +220,34 @@ pub async fn run(
             break;
         }
     }
+}
+
+/// The next message; `Some(None)` after a consumer error (logged), `None` when stopping.
+async fn recv_or_stop(
+    consumer: &KafkaConsumer,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Option<OwnedMessage>> {
+    tokio::select! {
+        m = consumer.recv() => match m {
+            Ok(m) => Some(Some(m.detach())),
+            Err(e) => {
+                tracing::warn!(error = %e, "kafka consumer error");
+                Some(None)
+            }
+        },
+        _ = stop.changed() => None,
+    }
+}
+
+/// How long intake may wait for a slot without polling: well inside `max.poll.interval.ms`.
+pub fn pause_after(cfg: &KafkaConfig) -> Duration {
+    let interval_ms: u64 = cfg
+        .consumer_properties
+        .get("max.poll.interval.ms")
+        .or_else(|| cfg.properties.get("max.poll.interval.ms"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    Duration::from_millis(interval_ms / 3).min(Duration::from_secs(5))
 }
 
 fn pause(consumer: &KafkaConsumer, on: bool) {

@@ -114,11 +114,13 @@ pub async fn run(
             let sink = Arc::new(Sink::Kafka(KafkaSink::new(k)?));
             let (consumer, offsets) = source::kafka::consumer(k)?;
             kafka_consumer = Some(consumer.clone());
+            let resume_at = (max_in_flight / 2).max(cfg.batching.max_docs.min(max_in_flight));
             source_tasks.spawn(source::kafka::run(
                 k.clone(),
                 consumer,
                 offsets,
                 slots.clone(),
+                u32::try_from(resume_at).unwrap_or(u32::MAX),
                 intake_tx.clone(),
                 stop_rx.clone(),
             ));

@@ -260,3 +260,24 @@ pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> Ha
         })
         .collect()
 }
+
+/// Messages in `topic` now: the sum of its partitions' high watermarks.
+pub fn message_count(brokers: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
+}

@@ -173,6 +173,11 @@ impl WorkerProc {
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
+        // LABELMILL_TEST_KEEP_LOGS=DIR keeps every worker's log there, for debugging.
+        if let Ok(dir) = std::env::var("LABELMILL_TEST_KEEP_LOGS") {
+            let name = format!("{}-{}", std::process::id(), self.child.id());
+            let _ = std::fs::copy(&self.log, Path::new(&dir).join(name + ".log"));
+        }
         if self.alive() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -484,6 +484,82 @@ async fn low_confidence_results_are_escalated() {
     assert!(w.sigterm(Duration::from_secs(60)).success());
 }
 
+/// Closes the worker's RabbitMQ connections (found by their names) from the broker side.
+fn close_connections(worker_pid: u32) -> (usize, String) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .expect("rabbitmqctl (installed with the server)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut closed = 0;
+    for line in text.lines() {
+        // The connection name (a client property) ends with the worker's pid.
+        let Some((pid, props)) = line.split_once('\t') else {
+            continue;
+        };
+        if props.contains(&format!("pid={worker_pid}\"")) {
+            let st = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test: connection killed"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            closed += 1;
+        }
+    }
+    (
+        closed,
+        format!("{text}{}", String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_reconnects_after_its_connections_are_closed() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-reconnect").await;
+    let n = 400;
+    let docs = good_docs(n);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
+    let cfg = setup.config(
+        "w.toml",
+        &r.config("results", "reconnect_delay = \"200ms\""),
+    );
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let before = r
+        .collect("results", 60, Duration::ZERO, Duration::from_secs(120))
+        .await;
+    // The consuming and the publishing connection, both cut by the broker mid-stream.
+    let (closed, listed) = close_connections(w.pid());
+    assert_eq!(closed, 2, "pid {}: {listed}\n{}", w.pid(), w.log_text());
+    let rest = r
+        .collect(
+            "results",
+            n - before.len(),
+            Duration::from_secs(3),
+            Duration::from_secs(180),
+        )
+        .await;
+    let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
+    let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
+    eprintln!("rabbitmq reconnect: {t:?}");
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert!(t.duplicates <= 64, "{t:?}");
+    assert!(w.alive(), "the worker survived");
+    assert!(w.log_text().contains("reconnecting"));
+    assert_eq!(
+        r.depth("input").await,
+        0,
+        "everything acked after the reconnect"
+    );
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+}
+
 fn schema(name: &str) -> (Value, jsonschema::Validator) {
     let text = std::fs::read_to_string(format!("schemas/{name}.schema.json")).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();

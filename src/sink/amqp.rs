@@ -25,7 +25,10 @@ impl managed::Manager for ChannelManager {
     async fn create(&self) -> Result<Channel, lapin::Error> {
         let mut conn = self.conn.lock().await;
         if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-            *conn = Some(Connection::connect(&self.uri, ConnectionProperties::default()).await?);
+            let props = ConnectionProperties::default().with_connection_name(
+                format!("labelmill publisher pid={}", std::process::id()).into(),
+            );
+            *conn = Some(Connection::connect(&self.uri, props).await?);
         }
         let ch = conn
             .as_ref()

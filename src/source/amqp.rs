@@ -102,7 +102,9 @@ async fn session(
     tx: &mpsc::Sender<Delivery>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Session>, lapin::Error> {
-    let conn = Connection::connect(&cfg.uri, ConnectionProperties::default()).await?;
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("labelmill consumer pid={}", std::process::id()).into());
+    let conn = Connection::connect(&cfg.uri, props).await?;
     // The consuming channel is not used for publishing, so a failed publish cannot close it and
     // requeue the deliveries in flight.
     let ch = conn.create_channel().await?;

@@ -128,6 +128,11 @@ impl WorkerProc {
         );
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process still runs.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

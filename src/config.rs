@@ -159,7 +159,7 @@ impl Default for InputConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Task name -> lowest top-label probability that is not escalated.
-    pub escalate_below: BTreeMap<String, f32>,
+    pub escalate_below: BTreeMap<String, f64>,
 }
 
 /// Graceful shutdown.

@@ -435,7 +435,8 @@ async fn low_confidence_results_are_escalated() {
         .await;
     // The random-weight model is sure of itself (top scores 0.9987..0.9997 on these documents):
     // a threshold inside that range gives both kinds.
-    let threshold: f32 = 0.9995;
+    // Scores are f32 and round-trip exactly through JSON; compare as the worker does, in f32.
+    let threshold: f64 = 0.9995;
     let body = format!(
         "[routing]\nescalate_below = {{ ticket = {threshold} }}\n{}",
         r.config("results", "")
@@ -453,13 +454,13 @@ async fn low_confidence_results_are_escalated() {
     assert_eq!(results.len(), n);
     let want: Vec<String> = results
         .iter()
-        .filter(|v| (v["score"].as_f64().unwrap() as f32) < threshold)
+        .filter(|v| (v["score"].as_f64().unwrap() as f32) < threshold as f32)
         .map(|v| v["id"].as_str().unwrap().to_string())
         .collect();
     for v in &results {
         assert_eq!(
             v["escalated"].as_bool().unwrap(),
-            (v["score"].as_f64().unwrap() as f32) < threshold
+            (v["score"].as_f64().unwrap() as f32) < threshold as f32
         );
     }
     let escalated = r

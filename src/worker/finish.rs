@@ -30,7 +30,7 @@ pub struct Finisher {
     /// Prepared tasks.
     pub tasks: Arc<Vec<PreparedTask>>,
     /// Per task index: the escalation threshold.
-    pub escalate_below: Vec<Option<f32>>,
+    pub escalate_below: Vec<Option<f64>>,
     /// Header names (lower case) copied from input to outputs.
     pub correlation_headers: Vec<String>,
     /// Counters for the run's report.
@@ -100,7 +100,7 @@ impl Finisher {
             &self.model,
             doc.input.meta,
         );
-        let escalated = self.escalate_below[doc.task].is_some_and(|t| r.score < t);
+        let escalated = self.escalate_below[doc.task].is_some_and(|t| r.score < t as f32);
         let headers = self.correlation(&d);
         r.source = Some(d.origin.clone());
         r.key = d
@@ -208,6 +208,6 @@ impl Finisher {
 }
 
 /// Task name -> threshold, as a per-index table.
-pub fn thresholds(tasks: &[PreparedTask], map: &BTreeMap<String, f32>) -> Vec<Option<f32>> {
+pub fn thresholds(tasks: &[PreparedTask], map: &BTreeMap<String, f64>) -> Vec<Option<f64>> {
     tasks.iter().map(|t| map.get(&t.name).copied()).collect()
 }

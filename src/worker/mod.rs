@@ -200,7 +200,7 @@ pub async fn run(
             .map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = &mut shutdown, if drain_by.is_none() => {
-                tracing::info!(in_flight = max_in_flight - slots.available_permits(), "draining");
+                tracing::info!(slots_taken = max_in_flight - slots.available_permits(), "draining");
                 drain_by = Some(tokio::time::Instant::now() + cfg.shutdown.drain_deadline);
                 let _ = stop_tx.send(true);
                 let open = pipe.batcher.drain();

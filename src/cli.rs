@@ -264,7 +264,11 @@ fn worker(a: WorkerArgs) -> Result<ExitCode> {
     // librdkafka and lapin threads may still be closing; the report is what matters.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     eprintln!("{}", serde_json::to_string(&report)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.fatal.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn load_engine(m: &ModelArgs) -> Result<Engine> {

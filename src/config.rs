@@ -402,6 +402,9 @@ impl WorkerConfig {
             if a.publish_channels == 0 {
                 return bad("amqp.publish_channels must be positive");
             }
+            if a.prefetch == Some(0) {
+                return bad("amqp.prefetch must be positive (0 means unlimited to RabbitMQ)");
+            }
         }
         if !self.routing.escalate_below.is_empty() {
             let kafka_missing = self

@@ -53,7 +53,15 @@ pub fn spawn<T: Send + 'static>(
                 let scored = score_isolating(
                     &mut |d: &[&[u32]]| {
                         passes += 1;
-                        engine.score(task, d).map_err(|e| e.to_string())
+                        // A panic in the forward pass fails this batch (then it is bisected),
+                        // instead of killing the thread and stranding every later batch.
+                        let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            engine.score(task, d)
+                        }));
+                        match scored {
+                            Ok(r) => r.map_err(|e| e.to_string()),
+                            Err(p) => Err(format!("the engine panicked: {}", panic_text(&p))),
+                        }
                     },
                     &docs,
                 );
@@ -69,6 +77,13 @@ pub fn spawn<T: Send + 'static>(
             }
         })
         .expect("spawning the engine thread")
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Scores one batch of documents (token ids), or fails for the whole batch.

@@ -12,6 +12,9 @@ use tokio::sync::Mutex;
 use super::{Outgoing, OutputKind, SinkError};
 use crate::config::AmqpConfig;
 
+/// Longest wait for a publisher confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens confirm-mode channels, reconnecting when the publishing connection is gone.
 pub struct ChannelManager {
     uri: String,
@@ -111,8 +114,8 @@ impl AmqpSink {
             destination: destination.clone(),
             error,
         };
-        let confirm = ch
-            .basic_publish(
+        let publish = async {
+            ch.basic_publish(
                 self.exchange.as_str().into(),
                 key.as_str().into(),
                 BasicPublishOptions {
@@ -122,10 +125,18 @@ impl AmqpSink {
                 msg.payload,
                 props,
             )
+            .await?
             .await
-            .map_err(amqp)?
-            .await
-            .map_err(amqp)?;
+        };
+        // A blocked broker (memory or disk alarm) never confirms: time out and retry on a fresh
+        // channel rather than hold the document's slot forever.
+        let confirm = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+            Ok(r) => r.map_err(amqp)?,
+            Err(_) => {
+                let _ = managed::Object::take(ch);
+                return Err(SinkError::Timeout(destination));
+            }
+        };
         match confirm {
             // An unroutable mandatory message is returned, then acked: it was not delivered.
             Confirmation::Ack(Some(_)) => Err(SinkError::Unroutable(destination)),

@@ -53,6 +53,9 @@ pub enum SinkError {
     /// The broker returned the message as unroutable (`mandatory`): nothing is bound there.
     #[error("'{0}' is unroutable: no queue is bound to it")]
     Unroutable(String),
+    /// No confirm came in time.
+    #[error("no confirm from the broker for '{0}' in time")]
+    Timeout(String),
     /// The broker refused the message (nack).
     #[error("the broker refused the message for '{0}' (nack)")]
     Nacked(String),

@@ -102,31 +102,50 @@ async fn session(
     tx: &mpsc::Sender<Delivery>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Option<Session>, lapin::Error> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("labelmill consumer pid={}", std::process::id()).into());
-    let conn = Connection::connect(&cfg.uri, props).await?;
-    // The consuming channel is not used for publishing, so a failed publish cannot close it and
-    // requeue the deliveries in flight.
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    if cfg.declare {
-        declare(cfg, &ch).await?;
-    }
-    let mut consumers = Vec::new();
-    let mut tags = Vec::new();
-    for input in &cfg.inputs {
-        let c = ch
-            .basic_consume(
-                input.queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        tags.push(c.tag());
-        let (queue, task) = (input.queue.clone(), input.task.clone());
-        consumers.push(c.map(move |d| (queue.clone(), task.clone(), d)).boxed());
-    }
+    // Connecting can hang while the broker is unreachable: a shutdown must not wait for it. (Once
+    // consuming, the loop below handles the stop itself and hands the session back.)
+    let mut cancel = stop.clone();
+    let setup = async {
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("labelmill consumer pid={}", std::process::id()).into());
+        let conn = Connection::connect(&cfg.uri, props).await?;
+        // The consuming channel is not used for publishing, so a failed publish cannot close it and
+        // requeue the deliveries in flight.
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        if cfg.declare {
+            declare(cfg, &ch).await?;
+        }
+        let mut consumers = Vec::new();
+        let mut tags = Vec::new();
+        for input in &cfg.inputs {
+            let c = ch
+                .basic_consume(
+                    input.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tags.push(c.tag());
+            let (queue, task) = (input.queue.clone(), input.task.clone());
+            // A consumer the broker cancels (queue deleted, node down) ends its stream alone; the
+            // marker after it turns that into an error, so the session reconnects every queue.
+            let ended = stream::once(async {
+                Err(std::io::Error::other("a consumer was cancelled by the broker").into())
+            });
+            consumers.push(
+                c.chain(ended)
+                    .map(move |d| (queue.clone(), task.clone(), d))
+                    .boxed(),
+            );
+        }
+        Ok::<_, lapin::Error>((conn, ch, consumers, tags))
+    };
+    let (conn, ch, consumers, tags) = tokio::select! {
+        r = setup => r?,
+        _ = cancel.changed() => return Ok(None),
+    };
     tracing::info!(
         queues = cfg.inputs.len(),
         prefetch,

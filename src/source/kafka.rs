@@ -7,7 +7,7 @@
 //! (a third of that interval, at most 5 s), then pauses the partitions and goes on polling.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
@@ -61,7 +61,9 @@ impl ConsumerContext for RebalanceContext {
 /// Stores a Kafka offset once the message's output is delivered.
 pub struct OffsetAck {
     offsets: Arc<Offsets>,
-    consumer: Arc<KafkaConsumer>,
+    // Weak: a delivery abandoned at the drain deadline must not keep the consumer open (closing
+    // it commits and leaves the group).
+    consumer: Weak<KafkaConsumer>,
     topic: String,
     partition: i32,
     offset: i64,
@@ -81,7 +83,10 @@ impl std::fmt::Debug for OffsetAck {
 impl OffsetAck {
     /// Marks the message done; stores the partition's new watermark if it moved.
     pub fn done(self) {
-        let (consumer, topic, partition) = (&self.consumer, &self.topic, self.partition);
+        let Some(consumer) = self.consumer.upgrade() else {
+            return;
+        };
+        let (topic, partition) = (&self.topic, self.partition);
         self.offsets
             .done(topic, partition, self.epoch, self.offset, |o| {
                 // store_offset takes the message's own offset (librdkafka commits o + 1).
@@ -137,7 +142,13 @@ pub async fn run(
     tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut held: VecDeque<OwnedMessage> = VecDeque::new();
+    let src = Reader {
+        cfg: &cfg,
+        consumer: &consumer,
+        offsets: &offsets,
+    };
+    // Messages read while paused, registered (with their assignment epoch) when read.
+    let mut held: VecDeque<Read> = VecDeque::new();
     let pause_after = pause_after(&cfg);
     let mut paused = false;
     loop {
@@ -155,50 +166,32 @@ pub async fn run(
                     p = tokio::time::timeout(pause_after, slots.clone().acquire_owned()) => p.ok(),
                     _ = stop.changed() => return,
                 };
-                if let Some(p) = short {
-                    let p = p.expect("the semaphore is never closed");
-                    if let Some(m) = held.pop_front() {
-                        if tx
-                            .send(to_delivery(&cfg, &consumer, &offsets, m, p))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                    match recv_or_stop(&consumer, &mut stop).await {
-                        Some(Some(m)) => {
-                            if tx
-                                .send(to_delivery(&cfg, &consumer, &offsets, m, p))
-                                .await
-                                .is_err()
-                            {
-                                return;
+                match short {
+                    Some(p) => p.expect("the semaphore is never closed"),
+                    None => {
+                        // A long stall: pause and keep polling, so the group keeps us
+                        // (max.poll.interval.ms) and rebalances are served.
+                        tracing::info!(?pause_after, "engine behind: pausing kafka partitions");
+                        pause(&consumer, true);
+                        paused = true;
+                        loop {
+                            tokio::select! {
+                                p = slots.clone().acquire_many_owned(resume_at.max(1)) => {
+                                    let mut p = p.expect("the semaphore is never closed");
+                                    // Keep one slot for the next message; the rest go back.
+                                    break p.split(1).expect("at least one permit");
+                                }
+                                m = consumer.recv() => match m {
+                                    // Fetched before the pause, or from a partition assigned since.
+                                    Ok(m) => {
+                                        held.extend(src.register(m.detach()));
+                                        pause(&consumer, true);
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                                },
+                                _ = stop.changed() => return,
                             }
                         }
-                        Some(None) => {}
-                        None => return,
-                    }
-                    continue;
-                }
-                // A long stall: pause and keep polling, so the group keeps us (max.poll.interval.ms).
-                tracing::info!(?pause_after, "engine behind: pausing kafka partitions");
-                pause(&consumer, true);
-                paused = true;
-                loop {
-                    tokio::select! {
-                        p = slots.clone().acquire_many_owned(resume_at.max(1)) => {
-                            let mut p = p.expect("the semaphore is never closed");
-                            // Keep one slot for the next message; the rest go back for the ones after.
-                            break p.split(1).expect("at least one permit");
-                        }
-                        m = consumer.recv() => match m {
-                            // Fetched before the pause, or from a partition assigned since.
-                            Ok(m) => { held.push_back(m.detach()); pause(&consumer, true); }
-                            Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
-                        },
-                        _ = stop.changed() => return,
                     }
                 }
             }
@@ -207,17 +200,91 @@ pub async fn run(
             pause(&consumer, false);
             paused = false;
         }
-        let msg = match held.pop_front() {
-            Some(m) => m,
+        let read = match held.pop_front() {
+            Some(r) => r,
             None => match recv_or_stop(&consumer, &mut stop).await {
-                Some(Some(m)) => m,
+                Some(Some(m)) => match src.register(m) {
+                    Some(r) => r,
+                    None => continue,
+                },
                 Some(None) => continue,
                 None => break,
             },
         };
-        let delivery = to_delivery(&cfg, &consumer, &offsets, msg, permit);
-        if tx.send(delivery).await.is_err() {
+        if tx.send(src.delivery(read, permit)).await.is_err() {
             break;
+        }
+    }
+}
+
+/// A message read and registered in [`Offsets`] under the epoch of the assignment it came from.
+struct Read {
+    msg: OwnedMessage,
+    epoch: u64,
+}
+
+struct Reader<'a> {
+    cfg: &'a KafkaConfig,
+    consumer: &'a Arc<KafkaConsumer>,
+    offsets: &'a Arc<Offsets>,
+}
+
+impl Reader<'_> {
+    /// Registers a message as in flight the moment it is read: a message kept while paused
+    /// belongs to the assignment it was fetched in, not to one made since.
+    fn register(&self, msg: OwnedMessage) -> Option<Read> {
+        match self
+            .offsets
+            .received(msg.topic(), msg.partition(), msg.offset())
+        {
+            Some(epoch) => Some(Read { msg, epoch }),
+            None => {
+                tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
+                    "message of a partition not assigned to this worker: dropped (its owner reads it)");
+                None
+            }
+        }
+    }
+
+    fn delivery(&self, r: Read, permit: tokio::sync::OwnedSemaphorePermit) -> Delivery {
+        let Read { msg, epoch } = r;
+        let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let default_task = self
+            .cfg
+            .inputs
+            .iter()
+            .find(|i| i.topic == topic)
+            .and_then(|i| i.task.clone());
+        Delivery {
+            payload: msg.payload().unwrap_or_default().to_vec(),
+            key: msg.key().map(<[u8]>::to_vec),
+            headers,
+            origin: Origin::Kafka {
+                topic: topic.clone(),
+                partition,
+                offset,
+                group: self.cfg.group_id.clone(),
+            },
+            default_task,
+            timestamp_ms: msg.timestamp().to_millis(),
+            ack: Acker::Kafka(OffsetAck {
+                offsets: self.offsets.clone(),
+                consumer: Arc::downgrade(self.consumer),
+                topic,
+                partition,
+                offset,
+                epoch,
+            }),
+            failed_attempts: 0,
+            permit,
         }
     }
 }
@@ -261,52 +328,5 @@ fn pause(consumer: &KafkaConsumer, on: bool) {
     };
     if let Err(e) = r {
         tracing::warn!(error = %e, paused = on, "pausing/resuming partitions failed");
-    }
-}
-
-fn to_delivery(
-    cfg: &KafkaConfig,
-    consumer: &Arc<KafkaConsumer>,
-    offsets: &Arc<Offsets>,
-    msg: OwnedMessage,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Delivery {
-    let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-    let epoch = offsets.received(&topic, partition, offset);
-    let headers = msg
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let default_task = cfg
-        .inputs
-        .iter()
-        .find(|i| i.topic == topic)
-        .and_then(|i| i.task.clone());
-    Delivery {
-        payload: msg.payload().unwrap_or_default().to_vec(),
-        key: msg.key().map(<[u8]>::to_vec),
-        headers,
-        origin: Origin::Kafka {
-            topic: topic.clone(),
-            partition,
-            offset,
-            group: cfg.group_id.clone(),
-        },
-        default_task,
-        timestamp_ms: msg.timestamp().to_millis(),
-        ack: Acker::Kafka(OffsetAck {
-            offsets: offsets.clone(),
-            consumer: consumer.clone(),
-            topic,
-            partition,
-            offset,
-            epoch,
-        }),
-        failed_attempts: 0,
-        permit,
     }
 }

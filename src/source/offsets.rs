@@ -55,26 +55,14 @@ impl Offsets {
             .map_or(0, |p| p.pending.len())
     }
 
-    /// A message was read; returns the assignment epoch its completion must quote.
-    pub fn received(&self, topic: &str, partition: i32, offset: i64) -> u64 {
+    /// A message was read; returns the assignment epoch its completion must quote, or `None`
+    /// when its partition is not assigned here (then it must not be processed: storing offsets
+    /// around it could commit past it).
+    pub fn received(&self, topic: &str, partition: i32, offset: i64) -> Option<u64> {
         let mut g = self.lock();
-        if !g.parts.contains_key(&(topic.to_string(), partition)) {
-            g.epoch += 1;
-            let epoch = g.epoch;
-            g.parts.insert(
-                (topic.to_string(), partition),
-                Partition {
-                    epoch,
-                    pending: BTreeMap::new(),
-                },
-            );
-        }
-        let p = g
-            .parts
-            .get_mut(&(topic.to_string(), partition))
-            .expect("inserted above");
+        let p = g.parts.get_mut(&(topic.to_string(), partition))?;
         p.pending.insert(offset, false);
-        p.epoch
+        Some(p.epoch)
     }
 
     /// The message at `offset` is done. If that completes a contiguous run from the partition's
@@ -130,7 +118,11 @@ mod tests {
     fn stores_only_the_contiguous_watermark() {
         let o = Offsets::new();
         o.assign("t", 0);
-        let e = (10..15).map(|off| o.received("t", 0, off)).last().unwrap();
+        let e = (10..15)
+            .map(|off| o.received("t", 0, off))
+            .last()
+            .unwrap()
+            .unwrap();
         assert_eq!(done(&o, e, 12), None, "10 and 11 are not done");
         assert_eq!(done(&o, e, 11), None);
         assert_eq!(done(&o, e, 10), Some(12), "10..=12 done: store 12");
@@ -143,8 +135,11 @@ mod tests {
     #[test]
     fn partitions_are_independent() {
         let o = Offsets::new();
-        let a = o.received("t", 0, 5);
-        let b = o.received("t", 1, 7);
+        assert_eq!(o.received("t", 0, 5), None, "not assigned");
+        o.assign("t", 0);
+        o.assign("t", 1);
+        let a = o.received("t", 0, 5).unwrap();
+        let b = o.received("t", 1, 7).unwrap();
         assert_eq!(o.done("t", 1, b, 7, |_| {}), Some(7));
         assert_eq!(o.done("t", 0, a, 5, |_| {}), Some(5));
     }
@@ -153,11 +148,11 @@ mod tests {
     fn work_of_a_revoked_partition_never_stores() {
         let o = Offsets::new();
         o.assign("t", 0);
-        let old = o.received("t", 0, 3);
+        let old = o.received("t", 0, 3).unwrap();
         assert_eq!(o.revoke("t", 0), 1);
         assert_eq!(done(&o, old, 3), None, "revoked");
         o.assign("t", 0);
-        let new = o.received("t", 0, 3);
+        let new = o.received("t", 0, 3).unwrap();
         assert_ne!(old, new);
         assert_eq!(
             done(&o, old, 3),

@@ -35,6 +35,8 @@ pub struct Finisher {
     pub correlation_headers: Vec<String>,
     /// Counters for the run's report.
     pub counters: Arc<Counters>,
+    /// Raised when the worker cannot go on.
+    pub fatal: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Event counts shared by the pipeline's tasks.
@@ -183,6 +185,14 @@ impl Finisher {
             Err(e) => {
                 tracing::error!(source = %d.origin.short(), code = f.code, error = %e,
                     "the dead letter could not be published; the input is not acknowledged");
+                if let Origin::Kafka { .. } = &d.origin {
+                    // Its partition's commit cannot pass it, and Kafka will not redeliver it to
+                    // this consumer: restart from the committed offset instead of stalling.
+                    self.fatal.send_replace(Some(format!(
+                        "{} could not be published or dead-lettered: {e}",
+                        d.origin.short()
+                    )));
+                }
                 d.ack.give_up().await;
                 Ending::GivenUp
             }

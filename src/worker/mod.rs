@@ -71,6 +71,8 @@ pub struct WorkerReport {
     pub publish_retries: u64,
     /// Documents retried after the engine failed on them alone.
     pub engine_retries: u64,
+    /// Why the worker stopped on its own, when it did (it then exits with an error).
+    pub fatal: Option<String>,
 }
 
 /// Loads the model and tasks of `cfg`, then runs until `shutdown` resolves and the drain ends.
@@ -148,8 +150,13 @@ pub async fn run(
     drop(intake_tx);
 
     let counters = Arc::new(Counters::default());
+    // Set when the worker cannot go on (a stuck Kafka partition, a dead engine thread): it drains
+    // and exits with an error, so it is restarted and resumes from the committed offsets.
+    let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
+    let fatal_tx = Arc::new(fatal_tx);
     let finisher = Arc::new(Finisher {
         counters: counters.clone(),
+        fatal: fatal_tx.clone(),
         kafka: kafka_sink.clone(),
         amqp: amqp_sink,
         retry: cfg.retry.clone(),
@@ -188,6 +195,7 @@ pub async fn run(
         job_tx,
         dead: JoinSet::new(),
         end_tx,
+        fatal: fatal_tx.clone(),
     };
     let mut retry_rx = retry_rx;
     tokio::pin!(shutdown);
@@ -198,25 +206,27 @@ pub async fn run(
             .batcher
             .next_deadline()
             .map(tokio::time::Instant::from_std);
-        tokio::select! {
-            _ = &mut shutdown, if drain_by.is_none() => {
-                tracing::info!(slots_taken = max_in_flight - slots.available_permits(), "draining");
-                drain_by = Some(tokio::time::Instant::now() + cfg.shutdown.drain_deadline);
-                let _ = stop_tx.send(true);
-                let open = pipe.batcher.drain();
-                pipe.send_all(open).await;
-            }
-            Some(d) = intake_rx.recv() => pipe.admit(d, drain_by.is_some()).await,
-            Some(doc) = retry_rx.recv() => pipe.push(doc, drain_by.is_some()).await,
-            Some(e) = end_rx.recv() => tally(&mut report, e),
+        if drain_by.is_some() && intake_rx.is_empty() && !pipe.batcher.is_empty() {
+            // Draining and nothing more queued: do not wait for batches to fill.
+            let open = pipe.batcher.drain();
+            pipe.send_all(open, drain_by).await;
+        }
+        let stop_reason = tokio::select! {
+            _ = &mut shutdown, if drain_by.is_none() => Some(None),
+            _ = fatal_rx.changed(), if drain_by.is_none() => Some(fatal_rx.borrow().clone()),
+            Some(d) = intake_rx.recv() => { pipe.admit(d, drain_by).await; None }
+            Some(doc) = retry_rx.recv() => { pipe.push(doc, drain_by).await; None }
+            Some(e) = end_rx.recv() => { tally(&mut report, e); None }
             _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far_future)), if batch_due.is_some() => {
                 let expired = pipe.batcher.expired(Instant::now());
-                pipe.send_all(expired).await;
+                pipe.send_all(expired, drain_by).await;
+                None
             }
             _ = tick.tick(), if drain_by.is_some() => {
                 if slots.available_permits() == max_in_flight {
                     break;
                 }
+                None
             }
             _ = tokio::time::sleep_until(drain_by.unwrap_or_else(far_future)), if drain_by.is_some() => {
                 report.abandoned = max_in_flight - slots.available_permits();
@@ -224,6 +234,20 @@ pub async fn run(
                     "drain deadline passed: unfinished documents stay unacknowledged and will be redelivered");
                 break;
             }
+        };
+        if let Some(fatal) = stop_reason {
+            match &fatal {
+                Some(why) => {
+                    tracing::error!(reason = %why, "fatal: draining, then exiting with an error")
+                }
+                None => tracing::info!(
+                    slots_taken = max_in_flight - slots.available_permits(),
+                    "draining"
+                ),
+            }
+            report.fatal = fatal;
+            drain_by = Some(tokio::time::Instant::now() + cfg.shutdown.drain_deadline);
+            let _ = stop_tx.send(true);
         }
     }
     // Nothing may be acknowledged from here on: stop every task that could.
@@ -290,10 +314,11 @@ struct Pipeline {
     job_tx: mpsc::Sender<Job<Doc>>,
     dead: JoinSet<()>,
     end_tx: mpsc::UnboundedSender<Ending>,
+    fatal: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Pipeline {
-    async fn admit(&mut self, d: Delivery, draining: bool) {
+    async fn admit(&mut self, d: Delivery, drain_by: Option<tokio::time::Instant>) {
         match admit(
             d,
             &self.tasks,
@@ -301,7 +326,7 @@ impl Pipeline {
             self.engine.tokenizer(),
             self.max_bytes,
         ) {
-            Ok(doc) => self.push(doc, draining).await,
+            Ok(doc) => self.push(doc, drain_by).await,
             Err(r) => self.dead_letter(r.delivery, r.failure),
         }
     }
@@ -316,32 +341,40 @@ impl Pipeline {
         while self.dead.try_join_next().is_some() {}
     }
 
-    async fn push(&mut self, doc: Doc, draining: bool) {
+    async fn push(&mut self, doc: Doc, drain_by: Option<tokio::time::Instant>) {
         let cost = doc.cost(&self.tasks);
         let task = doc.task;
-        let mut ready = self.batcher.push(task, cost, doc, Instant::now());
-        if draining {
-            // No more input is coming: do not wait for batches to fill.
-            ready.extend(self.batcher.drain());
-        }
-        self.send_all(ready).await;
+        let ready = self.batcher.push(task, cost, doc, Instant::now());
+        self.send_all(ready, drain_by).await;
     }
 
-    async fn send_all(&mut self, batches: Vec<(usize, Vec<Doc>)>) {
+    /// Hands batches to the engine. A full channel waits here (the engine is behind, so intake
+    /// fills and then pauses), but not past the drain deadline: a batch not handed over by then
+    /// is dropped unacknowledged, for the broker to redeliver.
+    async fn send_all(
+        &mut self,
+        batches: Vec<(usize, Vec<Doc>)>,
+        drain_by: Option<tokio::time::Instant>,
+    ) {
         for (task, docs) in batches {
             let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
-            // A full channel waits here: the engine is behind, so intake fills and then pauses.
-            if self
-                .job_tx
-                .send(Job {
-                    task,
-                    ids,
-                    items: docs,
-                })
-                .await
-                .is_err()
-            {
-                tracing::error!("the engine thread stopped");
+            let job = Job {
+                task,
+                ids,
+                items: docs,
+            };
+            let sent = match drain_by {
+                Some(t) => match tokio::time::timeout_at(t, self.job_tx.send(job)).await {
+                    Ok(r) => r.is_ok(),
+                    Err(_) => return,
+                },
+                None => self.job_tx.send(job).await.is_ok(),
+            };
+            if !sent {
+                // The engine thread is gone: nothing more can be classified here.
+                self.fatal
+                    .send_replace(Some("the engine thread stopped".into()));
+                return;
             }
         }
     }

@@ -79,8 +79,9 @@ inputs = [{{ topic = "{tag}.input", task = "ticket" }}]
 results_topic = "{tag}.results"
 escalate_topic = "{tag}.escalate"
 dead_letter_topic = "{tag}.dead"
-# A killed worker's partitions move on after 6 s instead of the default 45 s.
-consumer_properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+# A killed worker's partitions move on after 15 s instead of the default 45 s (shorter timeouts
+# expire while tansu, busy on the same two cores, is slow to answer heartbeats).
+consumer_properties = {{ "session.timeout.ms" = "15000", "heartbeat.interval.ms" = "1000" }}
 {extra}
 "#,
             brokers = self.brokers,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use crate::batch::{plan, BatchLimits};
-use crate::decode::{decode, resolve_task, DecodeError};
+use crate::decode::DecodeError;
 use crate::engine::prepared::{FittedDoc, PreparedTask};
 use crate::engine::Engine;
 use crate::message::{ErrorLine, LabelResult};
@@ -159,26 +159,17 @@ fn admit(
         let e = DecodeError::PayloadTooLarge { size, max };
         return err(None, e.code(), e.to_string());
     }
-    let doc = match decode(bytes, max) {
-        Ok(d) => d,
-        Err((e, id)) => return err(id, e.code(), e.to_string()),
-    };
-    let task_name = match resolve_task(doc.task.as_deref(), names) {
-        Ok(t) => t,
-        Err(e) => return err(Some(doc.id), e.code(), e.to_string()),
-    };
-    let task = names
-        .iter()
-        .position(|n| n == task_name)
-        .expect("resolved task exists");
-    match tasks[task].encode_doc(engine.tokenizer(), &doc.text) {
-        Ok(fitted) => Slot::Pending {
-            task,
-            id: doc.id,
-            doc: fitted,
-            meta: doc.meta,
+    match crate::admit::admit(bytes, None, tasks, names, engine.tokenizer(), max) {
+        Ok(a) => Slot::Pending {
+            task: a.task,
+            id: a.input.id,
+            doc: a.fitted,
+            meta: a.input.meta,
         },
-        Err(e) => err(Some(doc.id), e.code(), e.to_string()),
+        Err(f) => {
+            let f = *f;
+            err(f.id, f.code, f.message)
+        }
     }
 }
 

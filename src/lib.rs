@@ -13,6 +13,7 @@
 //!
 //! - [`task`]: a task file; the prompt template split into cached prefix, document slot, suffix.
 //! - [`decode`]: bytes -> [`decode::InputDoc`], every bad input class with a stable code.
+//! - [`admit`]: bytes -> a document fitted to its task, or why not (shared by classify and worker).
 //! - [`config`]: the worker's TOML configuration with `LABELMILL_*` overrides.
 //! - [`source`]: Kafka and RabbitMQ intake; each delivery carries its acker.
 //! - [`batch`]: pure batching by document count, token budget and deadline, per task.
@@ -27,6 +28,7 @@
 //! - [`tiny`]: generated LLaMA GGUF models and tokenizers for tests and benchmarks.
 //! - [`cli`]: the command line.
 
+pub mod admit;
 pub mod batch;
 pub mod bench;
 pub mod classify;

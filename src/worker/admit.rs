@@ -1,9 +1,7 @@
 //! Delivery -> a document ready for the engine, or the reason it goes to the dead letters.
 
-use serde_json::Value;
-
-use crate::dead_letter::{Failure, Stage};
-use crate::decode::{decode, resolve_task, DecodeError, InputDoc};
+use crate::dead_letter::Failure;
+use crate::decode::InputDoc;
 use crate::engine::prepared::{FittedDoc, PreparedTask};
 use crate::engine::tokenizer::TextTokenizer;
 use crate::source::Delivery;
@@ -37,8 +35,8 @@ pub struct Rejected {
     pub failure: Failure,
 }
 
-/// Decodes and validates `d`, resolves its task (the message's, else its topic's or queue's) and
-/// tokenises it. Every failure here is permanent: it goes to the dead letters on the first attempt.
+/// Admits a delivery (see [`crate::admit::admit`]): the message's task, else its topic's or
+/// queue's. A refused delivery goes to the dead letters on its first attempt.
 pub fn admit(
     d: Delivery,
     tasks: &[PreparedTask],
@@ -46,67 +44,24 @@ pub fn admit(
     tokenizer: &TextTokenizer,
     max_bytes: usize,
 ) -> Result<Doc, Box<Rejected>> {
-    let fail = |d: Delivery, e: &dyn CodedError, stage, id: Option<Value>, task: Option<String>| {
-        let failure = Failure {
-            code: e.code(),
-            message: e.to_string(),
-            stage,
-            retryable: false,
-            id,
-            task,
-        };
-        Err(Box::new(Rejected {
+    let admitted = crate::admit::admit(
+        &d.payload,
+        d.default_task.as_deref(),
+        tasks,
+        names,
+        tokenizer,
+        max_bytes,
+    );
+    match admitted {
+        Ok(a) => Ok(Doc {
             delivery: d,
-            failure,
-        }))
-    };
-    let input = match decode(&d.payload, max_bytes) {
-        Ok(i) => i,
-        Err((e, id)) => {
-            let stage = match e {
-                DecodeError::InvalidUtf8(_)
-                | DecodeError::MalformedJson(_)
-                | DecodeError::PayloadTooLarge { .. } => Stage::Decode,
-                _ => Stage::Validate,
-            };
-            return fail(d, &e, stage, id, None);
-        }
-    };
-    let named = input.task.as_deref().or(d.default_task.as_deref());
-    let task = match resolve_task(named, names) {
-        Ok(t) => names
-            .iter()
-            .position(|n| n == t)
-            .expect("resolved task exists"),
-        Err(e) => return fail(d, &e, Stage::Validate, Some(input.id), None),
-    };
-    match tasks[task].encode_doc(tokenizer, &input.text) {
-        Ok(fitted) => Ok(Doc {
-            delivery: d,
-            input,
-            task,
-            fitted,
+            input: a.input,
+            task: a.task,
+            fitted: a.fitted,
         }),
-        Err(e) => {
-            let name = names[task].clone();
-            fail(d, &e, Stage::Tokenize, Some(input.id), Some(name))
-        }
-    }
-}
-
-/// An error with a stable code.
-trait CodedError: std::fmt::Display {
-    fn code(&self) -> &'static str;
-}
-
-impl CodedError for DecodeError {
-    fn code(&self) -> &'static str {
-        DecodeError::code(self)
-    }
-}
-
-impl CodedError for crate::engine::prepared::DocError {
-    fn code(&self) -> &'static str {
-        crate::engine::prepared::DocError::code(self)
+        Err(failure) => Err(Box::new(Rejected {
+            delivery: d,
+            failure: *failure,
+        })),
     }
 }

@@ -174,15 +174,9 @@ pub async fn run(
     let (job_tx, job_rx) = mpsc::channel::<Job<Doc>>(1);
     let (out_tx, out_rx) = mpsc::channel::<Outcome<Doc>>(2);
     let engine_thread = thread::spawn(engine.clone(), tasks.clone(), job_rx, out_tx);
-    let (retry_tx, retry_rx) = mpsc::unbounded_channel::<Doc>();
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Doc>();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<Ending>();
-    let completion = tokio::spawn(complete(
-        out_rx,
-        finisher.clone(),
-        cfg.retry.clone(),
-        retry_tx,
-        end_tx.clone(),
-    ));
+    let completion = tokio::spawn(complete(out_rx, finisher.clone(), retry_tx, end_tx.clone()));
 
     let mut report = WorkerReport::default();
     let mut pipe = Pipeline {
@@ -197,7 +191,6 @@ pub async fn run(
         end_tx,
         fatal: fatal_tx.clone(),
     };
-    let mut retry_rx = retry_rx;
     tokio::pin!(shutdown);
     let mut drain_by: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -384,7 +377,6 @@ impl Pipeline {
 async fn complete(
     mut outcomes: mpsc::Receiver<Outcome<Doc>>,
     finisher: Arc<Finisher>,
-    retry: crate::config::RetryConfig,
     retry_tx: mpsc::UnboundedSender<Doc>,
     end: mpsc::UnboundedSender<Ending>,
 ) {
@@ -394,13 +386,9 @@ async fn complete(
         tracing::info!(task = %finisher.tasks[o.task].name, docs = o.results.len(),
             passes = o.passes, engine_ms = o.elapsed.as_millis() as u64, "batch scored");
         for (mut doc, result) in o.results {
-            let (finisher, end, retry_tx, retry) = (
-                finisher.clone(),
-                end.clone(),
-                retry_tx.clone(),
-                retry.clone(),
-            );
+            let (finisher, end, retry_tx) = (finisher.clone(), end.clone(), retry_tx.clone());
             running.spawn(async move {
+                let retry = &finisher.retry;
                 match result {
                     Ok(scores) => {
                         let _ = end.send(finisher.labelled(doc, &scores).await);

@@ -124,12 +124,21 @@ async fn kill9_mid_batch_then_restart_loses_nothing() {
     let cfg = setup.config("w.toml", &k.config(""));
     let mut results = Reader::new(BROKERS, &k.topic("results"));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w1.log"));
+    // Kill on the worker's own progress (ten batches scored), not on what a reader has seen:
+    // the reader lags, and the worker must still be mid-stream when it dies.
     let start = Instant::now();
-    results.collect(200, Duration::ZERO, Duration::from_secs(120));
-    let rate = results.seen.len() as f64 / start.elapsed().as_secs_f64();
+    while w.log_text().matches("batch scored").count() < 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{}",
+            w.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     w.kill9();
-    // What the dead worker left: results it published, offsets its group committed. Everything
-    // published past the commit is published again by the next worker, and nothing else is.
+    // What the dead worker left: results it published, offsets its group committed. Only results
+    // published past the commit can be published again by the next worker. A commit request sent
+    // just before the kill may still land after this read, so the difference is an upper bound.
     let published = message_count(BROKERS, &k.topic("results"));
     let group = format!("{}.group", k.tag);
     let committed_at_kill: i64 = committed(BROKERS, &group, &k.topic("input"), 2)
@@ -138,22 +147,20 @@ async fn kill9_mid_batch_then_restart_loses_nothing() {
     let mut w2 = WorkerProc::start(&cfg, &setup.dir.path().join("w2.log"));
     results.collect(n, Duration::from_secs(3), Duration::from_secs(240));
     let t = tally(&sent_ids(&docs), &results.ids());
-    eprintln!("kafka kill -9: first worker published {published}, committed {committed_at_kill}");
-    assert!(published >= 200 && committed_at_kill <= published);
-    assert_eq!(
-        t.duplicates as i64,
-        published - committed_at_kill,
-        "duplicates are exactly the uncommitted published results"
+    eprintln!(
+        "kafka kill -9: first worker published {published}, committed {committed_at_kill}; {t:?}"
     );
-    // What can come again: documents in flight (max_in_flight = 64) plus those finished since
-    // the last commit (auto.commit.interval.ms = 200), at the rate measured before the kill.
-    let bound = 64 + (rate * 0.2).ceil() as usize;
-    eprintln!("kafka kill -9: {t:?}, bound {bound} (rate {rate:.0} docs/s incl. start-up)");
+    assert!(
+        published > 0 && published < n as i64,
+        "killed mid-stream: {published}"
+    );
+    assert!(committed_at_kill <= published);
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     assert!(
-        t.duplicates <= bound,
-        "{} duplicates > {bound}",
-        t.duplicates
+        t.duplicates as i64 <= published - committed_at_kill,
+        "duplicates {} > published but uncommitted {}",
+        t.duplicates,
+        published - committed_at_kill
     );
     assert!(w2.sigterm(Duration::from_secs(60)).success());
 }

@@ -103,7 +103,7 @@ fn engine_only(dir: &Path, payloads: &[Vec<u8>]) -> f64 {
 fn config(dir: &Path, broker: &str) -> WorkerConfig {
     let text = format!(
         "[model]\nmodel = \"model.gguf\"\ntokenizer = \"tokenizer.json\"\ntasks = \"tasks.toml\"\n\
-         [batching]\nmax_docs = {MAX_DOCS}\n{broker}"
+         [http]\nlisten = \"127.0.0.1:0\"\n[batching]\nmax_docs = {MAX_DOCS}\n{broker}"
     );
     let p = dir.join(format!("{}.toml", unique("cfg")));
     std::fs::write(&p, text).unwrap();

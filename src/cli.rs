@@ -1,4 +1,4 @@
-//! Command-line interface: `worker`, `config check`, `classify`, `tiny-model`, `bench`.
+//! Command-line interface: `worker`, `publish`, `config check`, `classify`, `tiny-model`, `bench`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -37,6 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume documents from Kafka and/or RabbitMQ, publish results (the main job).
     Worker(WorkerArgs),
+    /// Publish a JSONL(.gz) file to an input topic or queue (a backfill), resumably.
+    Publish(PublishArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -54,6 +56,41 @@ pub struct WorkerArgs {
     /// The worker configuration (TOML); `LABELMILL_SECTION__FIELD` variables override it.
     #[arg(long, env = "LABELMILL_CONFIG")]
     config: PathBuf,
+}
+
+/// `publish` arguments.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The worker configuration: brokers and the input topics/queues.
+    #[arg(long, env = "LABELMILL_CONFIG")]
+    config: PathBuf,
+    /// The JSONL file, plain or gzip-compressed.
+    #[arg(long)]
+    input: PathBuf,
+    /// The broker, when the configuration has both.
+    #[arg(long, value_parser = ["kafka", "amqp"])]
+    to: Option<String>,
+    /// The lane: its first input topic/queue is the destination.
+    #[arg(long, default_value = "backfill", value_parser = ["live", "backfill"])]
+    lane: String,
+    /// Publish to this topic or queue instead of the lane's first input.
+    #[arg(long)]
+    destination: Option<String>,
+    /// Most messages per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most publishes awaiting the broker's confirmation.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// Progress file (default: <input>.publish-state.json).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Ignore saved progress: publish from the first line.
+    #[arg(long)]
+    restart: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// `config` subcommands.
@@ -202,6 +239,7 @@ pub struct BenchArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Worker(a) => worker(a),
+        Command::Publish(a) => publish(a),
         Command::Config(ConfigCommand::Check(a)) => {
             let cfg = WorkerConfig::load(&a.config)?;
             for (what, p) in [
@@ -266,6 +304,82 @@ fn worker(a: WorkerArgs) -> Result<ExitCode> {
     eprintln!("{}", serde_json::to_string(&report)?);
     Ok(if report.fatal.is_some() {
         ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn publish(a: PublishArgs) -> Result<ExitCode> {
+    use crate::config::Lane;
+    use crate::publish::dest::Destination;
+    let cfg = WorkerConfig::load(&a.config)?;
+    let lane = if a.lane == "live" {
+        Lane::Live
+    } else {
+        Lane::Backfill
+    };
+    let to = match (a.to.as_deref(), &cfg.kafka, &cfg.amqp) {
+        (Some(t), _, _) => t,
+        (None, Some(_), None) => "kafka",
+        (None, None, Some(_)) => "amqp",
+        _ => bail!("the configuration has both [kafka] and [amqp]: choose one with --to"),
+    };
+    let dest = match to {
+        "kafka" => {
+            let k = cfg
+                .kafka
+                .context("--to kafka: the configuration has no [kafka]")?;
+            let topic = match &a.destination {
+                Some(t) => t.clone(),
+                None => k
+                    .inputs
+                    .iter()
+                    .find(|i| i.lane == lane)
+                    .map(|i| i.topic.clone())
+                    .with_context(|| format!("kafka.inputs has no {} topic", lane.as_str()))?,
+            };
+            Destination::Kafka { cfg: k, topic }
+        }
+        _ => {
+            let q = cfg
+                .amqp
+                .context("--to amqp: the configuration has no [amqp]")?;
+            let queue = match &a.destination {
+                Some(t) => t.clone(),
+                None => q
+                    .inputs
+                    .iter()
+                    .find(|i| i.lane == lane)
+                    .map(|i| i.queue.clone())
+                    .with_context(|| format!("amqp.inputs has no {} queue", lane.as_str()))?,
+            };
+            Destination::Amqp { cfg: q, queue }
+        }
+    };
+    let opts = crate::publish::PublishOptions {
+        state: a
+            .state
+            .clone()
+            .unwrap_or_else(|| crate::publish::state::default_path(&a.input)),
+        input: a.input,
+        restart: a.restart,
+        rate: a.rate.filter(|r| *r > 0.0),
+        window: a.window,
+        progress: !a.no_progress,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let stop = crate::shutdown::signal();
+        crate::publish::run(dest, opts, stop).await
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    println!("{}", serde_json::to_string(&report)?);
+    // 130: stopped by a signal before the end; run the same command again to resume.
+    Ok(if report.interrupted {
+        ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
     })

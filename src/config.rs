@@ -44,6 +44,70 @@ pub struct WorkerConfig {
     /// RabbitMQ source and sink (absent: no RabbitMQ).
     #[serde(default)]
     pub amqp: Option<AmqpConfig>,
+    /// The HTTP server: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Broker-side measurements (consumer lag, queue depth).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The operations HTTP server.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics` (Prometheus), `/healthz` (alive) and `/readyz` (ready for work).
+    /// Port 0 picks a free port (logged at start).
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+/// Metrics read from the brokers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How often Kafka consumer lag and RabbitMQ queue depth are read (and the backlog estimate
+    /// updated).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Which lane an input feeds: live traffic first, backfills with what is left.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Documents services publish now.
+    #[default]
+    Live,
+    /// Bulk re-labelling: runs at lower priority, never starves the live lane.
+    Backfill,
+}
+
+impl Lane {
+    /// `live` or `backfill` (metric labels, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Backfill => "backfill",
+        }
+    }
 }
 
 /// Model, tokenizer and tasks.
@@ -71,7 +135,14 @@ pub struct BatchingConfig {
     pub max_wait: Duration,
     /// Documents received but not yet acknowledged, over all sources. Intake pauses at this bound,
     /// so memory stays bounded at any input rate; RabbitMQ's prefetch is set from it.
+    /// Live inputs only: the backfill lane has its own bound.
     pub max_in_flight: usize,
+    /// Unacknowledged documents of the backfill lane (its own bound, so a backfill can never
+    /// take the slots live traffic needs). Default: half of `max_in_flight`.
+    pub backfill_in_flight: Option<usize>,
+    /// While live batches wait, the share of engine batches still given to the backfill lane (so
+    /// it keeps progressing under sustained live load); 0 is strict priority.
+    pub backfill_share: f64,
 }
 
 impl Default for BatchingConfig {
@@ -81,6 +152,8 @@ impl Default for BatchingConfig {
             max_tokens: 8192,
             max_wait: Duration::from_millis(50),
             max_in_flight: 256,
+            backfill_in_flight: None,
+            backfill_share: 0.1,
         }
     }
 }
@@ -91,6 +164,16 @@ impl BatchingConfig {
         BatchLimits {
             max_docs: self.max_docs,
             max_tokens: self.max_tokens,
+        }
+    }
+
+    /// The in-flight bound of `lane`.
+    pub fn in_flight(&self, lane: Lane) -> usize {
+        match lane {
+            Lane::Live => self.max_in_flight,
+            Lane::Backfill => self
+                .backfill_in_flight
+                .unwrap_or((self.max_in_flight / 2).max(self.max_docs)),
         }
     }
 }
@@ -222,6 +305,10 @@ pub struct KafkaInput {
     /// Task for messages that name none.
     #[serde(default)]
     pub task: Option<String>,
+    /// Live (default) or backfill. Backfill topics are read by the consumer group
+    /// `<group_id>-backfill`, so their lag is measured on its own.
+    #[serde(default)]
+    pub lane: Lane,
 }
 
 /// RabbitMQ: competing consumers on queues, results published to an exchange with confirms.
@@ -274,6 +361,9 @@ pub struct AmqpInput {
     /// Task for messages that name none.
     #[serde(default)]
     pub task: Option<String>,
+    /// Live (default) or backfill.
+    #[serde(default)]
+    pub lane: Lane,
 }
 
 /// A configuration that cannot be used.
@@ -379,6 +469,17 @@ impl WorkerConfig {
         }
         if b.max_in_flight < b.max_docs {
             return bad("batching.max_in_flight must be at least batching.max_docs");
+        }
+        if let Some(n) = b.backfill_in_flight {
+            if n < b.max_docs {
+                return bad("batching.backfill_in_flight must be at least batching.max_docs");
+            }
+        }
+        if !(0.0..=1.0).contains(&b.backfill_share) {
+            return bad("batching.backfill_share must be between 0 and 1");
+        }
+        if self.metrics.poll_interval.is_zero() {
+            return bad("metrics.poll_interval must be positive");
         }
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1");

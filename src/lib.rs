@@ -23,6 +23,8 @@
 //! - [`sink`]: Kafka and RabbitMQ publishing with delivery reports / publisher confirms.
 //! - [`worker`]: `labelmill worker`: sources -> batches -> engine -> sinks -> acks.
 //! - [`shutdown`]: signals that start a drain.
+//! - [`telemetry`]: Prometheus metrics, `/metrics` `/healthz` `/readyz`, lag and backlog seconds.
+//! - [`publish`]: `labelmill publish`: a JSONL file onto an input topic or queue, resumable.
 //! - [`classify`]: the `labelmill classify` pipeline (JSONL in, JSONL out).
 //! - [`bench`]: synthetic throughput measurement.
 //! - [`tiny`]: generated LLaMA GGUF models and tokenizers for tests and benchmarks.
@@ -38,10 +40,12 @@ pub mod dead_letter;
 pub mod decode;
 pub mod engine;
 pub mod message;
+pub mod publish;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod task;
+pub mod telemetry;
 pub mod tiny;
 pub mod worker;
 

@@ -146,3 +146,32 @@ impl AmqpSink {
         }
     }
 }
+
+impl AmqpSink {
+    /// Messages ready in `queue` and its consumer count, by a passive declare on a pooled channel.
+    pub async fn queue_state(&self, queue: &str) -> Result<(u32, u32), SinkError> {
+        let ch = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| SinkError::Pool(e.to_string()))?;
+        let opts = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .queue_declare(queue.into(), opts, FieldTable::default())
+            .await
+        {
+            Ok(q) => Ok((q.message_count(), q.consumer_count())),
+            Err(error) => {
+                // A failed passive declare closes the channel: keep it out of the pool.
+                let _ = managed::Object::take(ch);
+                Err(SinkError::Amqp {
+                    destination: queue.to_string(),
+                    error,
+                })
+            }
+        }
+    }
+}

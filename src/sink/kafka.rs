@@ -9,6 +9,20 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use super::{Outgoing, OutputKind, SinkError};
 use crate::config::KafkaConfig;
 
+/// The producer settings: `acks=all`, idempotent, then the configured properties.
+pub fn producer_config(cfg: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &cfg.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("client.id", client_id)
+        .set("linger.ms", "5");
+    for (k, v) in cfg.properties.iter().chain(&cfg.producer_properties) {
+        cc.set(k, v);
+    }
+    cc
+}
+
 /// Publishes to the configured result, escalation and dead-letter topics.
 pub struct KafkaSink {
     producer: FutureProducer,
@@ -20,17 +34,8 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Creates the producer.
     pub fn new(cfg: &KafkaConfig) -> Result<Self, rdkafka::error::KafkaError> {
-        let mut cc = ClientConfig::new();
-        cc.set("bootstrap.servers", &cfg.brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("client.id", "labelmill-producer")
-            .set("linger.ms", "5");
-        for (k, v) in cfg.properties.iter().chain(&cfg.producer_properties) {
-            cc.set(k, v);
-        }
         Ok(Self {
-            producer: cc.create()?,
+            producer: producer_config(cfg, "labelmill-producer").create()?,
             results: cfg.results_topic.clone(),
             escalate: cfg.escalate_topic.clone(),
             dead_letter: cfg.dead_letter_topic.clone(),

@@ -66,7 +66,7 @@ pub enum Sink {
     /// Kafka topics.
     Kafka(kafka::KafkaSink),
     /// A RabbitMQ exchange.
-    Amqp(amqp::AmqpSink),
+    Amqp(std::sync::Arc<amqp::AmqpSink>),
 }
 
 impl Sink {

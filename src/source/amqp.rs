@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{Acker, Delivery, Origin};
 use crate::config::AmqpConfig;
+use crate::telemetry::health::Health;
 
 /// Acks one AMQP delivery on the channel it came from.
 #[derive(Debug)]
@@ -70,20 +71,25 @@ impl Session {
 /// Consumes the configured queues into `tx` until `stop` turns true, reconnecting on failure.
 /// Returns the live session, which must stay open until in-flight deliveries are acked (dropping
 /// the consuming channel would requeue them).
+///
+/// `health` hears under `name` whether the session is consuming.
 pub async fn run(
     cfg: AmqpConfig,
     prefetch: u16,
     slots: Arc<Semaphore>,
     tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
+    (health, name): (Arc<Health>, String),
 ) -> Option<Session> {
     loop {
         if *stop.borrow() {
             return None;
         }
-        match session(&cfg, prefetch, &slots, &tx, &mut stop).await {
+        let up = || health.broker(&name, true);
+        match session(&cfg, prefetch, &slots, &tx, &mut stop, up).await {
             Ok(conn) => return conn,
             Err(e) => {
+                health.broker(&name, false);
                 tracing::warn!(error = %e, uri = %crate::config::redact_uri(&cfg.uri),
                     "rabbitmq connection lost; reconnecting");
                 tokio::select! {
@@ -101,6 +107,7 @@ async fn session(
     slots: &Arc<Semaphore>,
     tx: &mpsc::Sender<Delivery>,
     stop: &mut watch::Receiver<bool>,
+    consuming: impl FnOnce(),
 ) -> Result<Option<Session>, lapin::Error> {
     // Connecting can hang while the broker is unreachable: a shutdown must not wait for it. (Once
     // consuming, the loop below handles the stop itself and hands the session back.)
@@ -128,7 +135,7 @@ async fn session(
                 )
                 .await?;
             tags.push(c.tag());
-            let (queue, task) = (input.queue.clone(), input.task.clone());
+            let (queue, task) = (input.queue.clone(), (input.task.clone(), input.lane));
             // A consumer the broker cancels (queue deleted, node down) ends its stream alone; the
             // marker after it turns that into an error, so the session reconnects every queue.
             let ended = stream::once(async {
@@ -151,6 +158,7 @@ async fn session(
         prefetch,
         "rabbitmq consumer started"
     );
+    consuming();
     let mut merged = stream::select_all(consumers);
     loop {
         let next = tokio::select! {
@@ -163,7 +171,7 @@ async fn session(
                 return Ok(Some(Session { conn, ch }));
             }
         };
-        let (queue, task, d) = match next {
+        let (queue, (task, lane), d) = match next {
             Some((q, t, Ok(d))) => (q, t, d),
             Some((_, _, Err(e))) => return Err(e),
             // A consumer cancelled by the broker (queue deleted, node shutdown): start over.
@@ -198,10 +206,8 @@ async fn session(
             key: None,
             headers,
             default_task: task,
-            timestamp_ms: d
-                .properties
-                .timestamp()
-                .map(|t| (t as i64).saturating_mul(1000)),
+            lane,
+            timestamp_ms: enqueued_ms(&d.properties),
             ack: Acker::Amqp(AmqpAck {
                 acker: d.acker,
                 origin: origin.short(),
@@ -259,6 +265,29 @@ async fn declare(cfg: &AmqpConfig, ch: &lapin::Channel) -> Result<(), lapin::Err
         }
     }
     Ok(())
+}
+
+/// When the message was published: RabbitMQ's `timestamp_in_ms` header (set by its
+/// `message_interceptors.incoming.set_header_timestamp`), else the publisher's `timestamp`
+/// property (seconds).
+fn enqueued_ms(p: &lapin::BasicProperties) -> Option<i64> {
+    let header = p.headers().as_ref().and_then(|h| {
+        h.inner()
+            .iter()
+            .find(|(k, _)| k.as_str() == "timestamp_in_ms")
+            .and_then(|(_, v)| match v {
+                AMQPValue::LongLongInt(i) => Some(*i),
+                AMQPValue::Timestamp(t) => i64::try_from(*t).ok(),
+                AMQPValue::LongInt(i) => Some(i64::from(*i)),
+                AMQPValue::LongUInt(i) => Some(i64::from(*i)),
+                _ => None,
+            })
+    });
+    header.or_else(|| {
+        p.timestamp()
+            .and_then(|t| i64::try_from(t).ok())
+            .map(|t| t.saturating_mul(1000))
+    })
 }
 
 fn header_bytes(v: &AMQPValue) -> Vec<u8> {

@@ -257,12 +257,9 @@ impl Reader<'_> {
                     .collect()
             })
             .unwrap_or_default();
-        let default_task = self
-            .cfg
-            .inputs
-            .iter()
-            .find(|i| i.topic == topic)
-            .and_then(|i| i.task.clone());
+        let input = self.cfg.inputs.iter().find(|i| i.topic == topic);
+        let default_task = input.and_then(|i| i.task.clone());
+        let lane = input.map(|i| i.lane).unwrap_or_default();
         Delivery {
             payload: msg.payload().unwrap_or_default().to_vec(),
             key: msg.key().map(<[u8]>::to_vec),
@@ -274,6 +271,7 @@ impl Reader<'_> {
                 group: self.cfg.group_id.clone(),
             },
             default_task,
+            lane,
             timestamp_ms: msg.timestamp().to_millis(),
             ack: Acker::Kafka(OffsetAck {
                 offsets: self.offsets.clone(),

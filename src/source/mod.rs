@@ -71,6 +71,8 @@ pub struct Delivery {
     pub origin: Origin,
     /// The task bound to the topic or queue, for messages that name none.
     pub default_task: Option<String>,
+    /// The lane of its topic or queue.
+    pub lane: crate::config::Lane,
     /// Broker timestamp in ms since the epoch, when known.
     pub timestamp_ms: Option<i64>,
     /// Completes the delivery.

@@ -14,6 +14,7 @@ use crate::engine::scoring::LabelScores;
 use crate::message::LabelResult;
 use crate::sink::{Outgoing, OutputKind, Sink, SinkError};
 use crate::source::{Delivery, Origin};
+use crate::telemetry::metrics::{self, Outcome};
 
 use super::admit::Doc;
 
@@ -155,7 +156,16 @@ impl Finisher {
                 return self.dead_letter(d, f).await;
             }
         }
+        let lane = d.lane;
+        let enqueued = d.timestamp_ms;
         d.ack.ack().await;
+        metrics::document(&task.name, lane, Outcome::Labelled);
+        if escalated {
+            metrics::escalation(&task.name);
+        }
+        if let Some(latency) = enqueued.and_then(since_epoch_ms) {
+            metrics::latency(&task.name, lane, latency);
+        }
         Ending::Labelled { escalated }
     }
 
@@ -176,10 +186,13 @@ impl Finisher {
             payload: &payload,
             headers: &headers,
         };
+        let (lane, task) = (d.lane, f.task.clone().unwrap_or_default());
         match self.publish(self.sink(&d.origin), msg).await {
             Ok(()) => {
                 tracing::debug!(source = %d.origin.short(), code = f.code, "dead-lettered");
                 d.ack.ack().await;
+                metrics::document(&task, lane, Outcome::DeadLettered);
+                metrics::dead_letter(f.code, stage.as_str().unwrap_or_default());
                 Ending::DeadLettered
             }
             Err(e) => {
@@ -194,6 +207,7 @@ impl Finisher {
                     )));
                 }
                 d.ack.give_up().await;
+                metrics::document(&task, lane, Outcome::GivenUp);
                 Ending::GivenUp
             }
         }
@@ -206,6 +220,7 @@ impl Finisher {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt < self.retry.max_attempts => {
                     Counters::bump(&self.counters.publish_retries);
+                    metrics::retry("publish");
                     let wait = self.retry.backoff(attempt);
                     tracing::warn!(error = %e, attempt, ?wait, "publish failed; retrying");
                     tokio::time::sleep(wait).await;
@@ -220,4 +235,10 @@ impl Finisher {
 /// Task name -> threshold, as a per-index table.
 pub fn thresholds(tasks: &[PreparedTask], map: &BTreeMap<String, f64>) -> Vec<Option<f64>> {
     tasks.iter().map(|t| map.get(&t.name).copied()).collect()
+}
+
+/// Time since `ms` (milliseconds since the epoch); `None` for a timestamp in the future (clock skew).
+fn since_epoch_ms(ms: i64) -> Option<std::time::Duration> {
+    let then = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).ok()?);
+    std::time::SystemTime::now().duration_since(then).ok()
 }

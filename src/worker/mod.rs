@@ -7,11 +7,14 @@
 //!        +------------------------------ finish: publish result | dead letter <-- engine thread
 //! ```
 //! Intake pauses when `batching.max_in_flight` documents are unacknowledged, so memory is bounded.
+//! Inputs belong to a lane: live inputs, and backfill inputs with their own in-flight bound and
+//! batches; the engine takes live batches first ([`lanes`]).
 //! Shutdown stops intake, flushes open batches, waits (up to the drain deadline) for every
 //! in-flight document to be acknowledged, then commits and closes.
 
 pub mod admit;
 pub mod finish;
+pub mod lanes;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::batch::Batcher;
-use crate::config::WorkerConfig;
+use crate::config::{Lane, WorkerConfig};
 use crate::dead_letter::{Failure, Stage};
 use crate::engine::prepared::PreparedTask;
 use crate::engine::thread::{self, Job, Outcome};
@@ -29,8 +32,12 @@ use crate::engine::Engine;
 use crate::sink::{amqp::AmqpSink, kafka::KafkaSink, Sink};
 use crate::source::{self, Delivery};
 use crate::task::TaskFile;
+use crate::telemetry::backlog::Backlog;
+use crate::telemetry::health::Health;
+use crate::telemetry::{lag, metrics};
 use admit::{admit, Doc};
 use finish::{Counters, Ending, Finisher};
+use lanes::Lanes;
 
 /// Errors that stop the worker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,17 @@ pub enum StartError {
     /// The device.
     #[error("device: {0}")]
     Device(#[from] candle_core::Error),
+    /// The metrics recorder.
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// The HTTP server could not listen.
+    #[error("http server on {addr}: {source}")]
+    Http {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Counts of a worker run, logged at exit.
@@ -75,11 +93,72 @@ pub struct WorkerReport {
     pub fatal: Option<String>,
 }
 
+const LANES: [Lane; 2] = [Lane::Live, Lane::Backfill];
+
+/// The batcher keeps one queue per (task, lane): a batch shares one cached prefix and one lane.
+fn queue_of(task: usize, lane: Lane) -> usize {
+    task * 2 + usize::from(lane == Lane::Backfill)
+}
+
+fn lane_of(queue: usize) -> Lane {
+    LANES[queue % 2]
+}
+
+/// The readiness name of a lane's RabbitMQ consumer session.
+fn amqp_name(lane: Lane) -> String {
+    match lane {
+        Lane::Live => "amqp".into(),
+        Lane::Backfill => "amqp-backfill".into(),
+    }
+}
+
+/// The in-flight bound of each lane, as semaphores.
+struct Slots {
+    live: Arc<Semaphore>,
+    backfill: Arc<Semaphore>,
+    bounds: [usize; 2],
+}
+
+impl Slots {
+    fn of(&self, lane: Lane) -> &Arc<Semaphore> {
+        match lane {
+            Lane::Live => &self.live,
+            Lane::Backfill => &self.backfill,
+        }
+    }
+
+    fn taken(&self, lane: Lane) -> usize {
+        self.bounds[usize::from(lane == Lane::Backfill)] - self.of(lane).available_permits()
+    }
+}
+
 /// Loads the model and tasks of `cfg`, then runs until `shutdown` resolves and the drain ends.
+///
+/// The HTTP server (`/metrics`, `/healthz`, `/readyz`) starts first, so probes answer (not ready)
+/// while the model loads.
 pub async fn run(
     cfg: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<WorkerReport, StartError> {
+    let prometheus = metrics::install()?;
+    let health = Arc::new(Health::default());
+    crate::telemetry::http::serve(cfg.http.listen, prometheus, health.clone())
+        .await
+        .map_err(|source| StartError::Http {
+            addr: cfg.http.listen,
+            source,
+        })?;
+    if cfg.kafka.is_some() {
+        health.expect_broker(lag::KAFKA);
+    }
+    if let Some(a) = &cfg.amqp {
+        for lane in LANES {
+            if a.inputs.iter().any(|i| i.lane == lane) {
+                health.expect_broker(&amqp_name(lane));
+            }
+        }
+    }
+
     let specs = TaskFile::load(&cfg.model.tasks)?;
     let device = crate::device()?;
     let (model, tokenizer) = (cfg.model.model.clone(), cfg.model.tokenizer.clone());
@@ -96,6 +175,7 @@ pub async fn run(
         engine.prefix_kv(t)?;
         tracing::info!(task = %t.name, prefix_tokens = t.prefix_ids.len(), "task ready (prefix cached)");
     }
+    health.model_ready();
     let tasks = Arc::new(tasks);
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     for name in cfg.routing.escalate_below.keys() {
@@ -104,46 +184,110 @@ pub async fn run(
         }
     }
 
-    let max_in_flight = cfg.batching.max_in_flight;
-    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let bounds = [
+        cfg.batching.in_flight(Lane::Live),
+        cfg.batching.in_flight(Lane::Backfill),
+    ];
+    let slots = Slots {
+        live: Arc::new(Semaphore::new(bounds[0])),
+        backfill: Arc::new(Semaphore::new(bounds[1])),
+        bounds,
+    };
+    let backlog = Arc::new(Backlog::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (intake_tx, mut intake_rx) = mpsc::channel::<Delivery>(max_in_flight);
+    let (intake_tx, mut intake_rx) = mpsc::channel::<Delivery>(bounds[0] + bounds[1]);
+    let poll_every = cfg.metrics.poll_interval;
 
-    let mut kafka_consumer = None;
+    let mut kafka_consumers = Vec::new();
     let mut source_tasks = JoinSet::new();
+    let mut pollers = JoinSet::new();
     let kafka_sink = match &cfg.kafka {
         Some(k) => {
             let sink = Arc::new(Sink::Kafka(KafkaSink::new(k)?));
-            let (consumer, offsets) = source::kafka::consumer(k)?;
-            kafka_consumer = Some(consumer.clone());
-            let resume_at = (max_in_flight / 2).max(cfg.batching.max_docs.min(max_in_flight));
-            source_tasks.spawn(source::kafka::run(
-                k.clone(),
-                consumer,
-                offsets,
-                slots.clone(),
-                u32::try_from(resume_at).unwrap_or(u32::MAX),
-                intake_tx.clone(),
+            let mut measured = Vec::new();
+            for lane in LANES {
+                let inputs: Vec<_> = k
+                    .inputs
+                    .iter()
+                    .filter(|i| i.lane == lane)
+                    .cloned()
+                    .collect();
+                let Some(first) = inputs.first().map(|i| i.topic.clone()) else {
+                    continue;
+                };
+                // Backfill topics get their own consumer group, so their lag is measured apart.
+                let mut lk = k.clone();
+                lk.inputs = inputs;
+                if lane == Lane::Backfill {
+                    lk.group_id = format!("{}-backfill", k.group_id);
+                }
+                let (consumer, offsets) = source::kafka::consumer(&lk)?;
+                measured.push(lag::LagSource {
+                    lane,
+                    topic: first,
+                    consumer: Arc::downgrade(&consumer),
+                });
+                kafka_consumers.push(consumer.clone());
+                let bound = slots.bounds[usize::from(lane == Lane::Backfill)];
+                let resume_at = (bound / 2).max(cfg.batching.max_docs.min(bound));
+                source_tasks.spawn(source::kafka::run(
+                    lk,
+                    consumer,
+                    offsets,
+                    slots.of(lane).clone(),
+                    u32::try_from(resume_at).unwrap_or(u32::MAX),
+                    intake_tx.clone(),
+                    stop_rx.clone(),
+                ));
+            }
+            pollers.spawn(lag::kafka(
+                measured,
+                backlog.clone(),
+                health.clone(),
+                poll_every,
                 stop_rx.clone(),
             ));
             Some(sink)
         }
         None => None,
     };
-    let mut amqp_source = None;
+    let mut amqp_sources = Vec::new();
     let amqp_sink = match &cfg.amqp {
         Some(a) => {
-            let prefetch = a
-                .prefetch
-                .unwrap_or(u16::try_from(max_in_flight).unwrap_or(u16::MAX));
-            amqp_source = Some(tokio::spawn(source::amqp::run(
-                a.clone(),
-                prefetch,
-                slots.clone(),
-                intake_tx.clone(),
+            let sink = Arc::new(AmqpSink::new(a));
+            for lane in LANES {
+                let inputs: Vec<_> = a
+                    .inputs
+                    .iter()
+                    .filter(|i| i.lane == lane)
+                    .cloned()
+                    .collect();
+                if inputs.is_empty() {
+                    continue;
+                }
+                let mut la = a.clone();
+                la.inputs = inputs;
+                let bound = slots.bounds[usize::from(lane == Lane::Backfill)];
+                let prefetch = a
+                    .prefetch
+                    .unwrap_or(u16::try_from(bound).unwrap_or(u16::MAX));
+                amqp_sources.push(tokio::spawn(source::amqp::run(
+                    la,
+                    prefetch,
+                    slots.of(lane).clone(),
+                    intake_tx.clone(),
+                    stop_rx.clone(),
+                    (health.clone(), amqp_name(lane)),
+                )));
+            }
+            pollers.spawn(lag::amqp(
+                a.inputs.clone(),
+                sink.clone(),
+                backlog.clone(),
+                poll_every,
                 stop_rx.clone(),
-            )));
-            Some(Arc::new(Sink::Amqp(AmqpSink::new(a))))
+            ));
+            Some(Arc::new(Sink::Amqp(sink)))
         }
         None => None,
     };
@@ -176,24 +320,34 @@ pub async fn run(
     let engine_thread = thread::spawn(engine.clone(), tasks.clone(), job_rx, out_tx);
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Doc>();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<Ending>();
-    let completion = tokio::spawn(complete(out_rx, finisher.clone(), retry_tx, end_tx.clone()));
+    let completion = tokio::spawn(complete(
+        out_rx,
+        finisher.clone(),
+        backlog.clone(),
+        retry_tx,
+        end_tx.clone(),
+    ));
 
     let mut report = WorkerReport::default();
     let mut pipe = Pipeline {
-        batcher: Batcher::new(tasks.len(), cfg.batching.limits(), cfg.batching.max_wait),
+        batcher: Batcher::new(
+            tasks.len() * 2,
+            cfg.batching.limits(),
+            cfg.batching.max_wait,
+        ),
+        pending: Lanes::new(cfg.batching.backfill_share),
         tasks: tasks.clone(),
         names,
         engine: engine.clone(),
         finisher: finisher.clone(),
         max_bytes: cfg.input.max_payload_bytes,
-        job_tx,
         dead: JoinSet::new(),
         end_tx,
-        fatal: fatal_tx.clone(),
     };
     tokio::pin!(shutdown);
     let mut drain_by: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut gauges = tokio::time::interval(Duration::from_secs(1));
     loop {
         let batch_due = pipe
             .batcher
@@ -202,39 +356,64 @@ pub async fn run(
         if drain_by.is_some() && intake_rx.is_empty() && !pipe.batcher.is_empty() {
             // Draining and nothing more queued: do not wait for batches to fill.
             let open = pipe.batcher.drain();
-            pipe.send_all(open, drain_by).await;
+            pipe.queue(open);
         }
         let stop_reason = tokio::select! {
             _ = &mut shutdown, if drain_by.is_none() => Some(None),
             _ = fatal_rx.changed(), if drain_by.is_none() => Some(fatal_rx.borrow().clone()),
-            Some(d) = intake_rx.recv() => { pipe.admit(d, drain_by).await; None }
-            Some(doc) = retry_rx.recv() => { pipe.push(doc, drain_by).await; None }
+            Some(d) = intake_rx.recv() => { pipe.admit(d); None }
+            Some(doc) = retry_rx.recv() => { pipe.push(doc); None }
             Some(e) = end_rx.recv() => { tally(&mut report, e); None }
+            // The engine takes one batch at a time; the lane order is decided only when it is free.
+            permit = job_tx.reserve(), if !pipe.pending.is_empty() => {
+                match permit {
+                    Ok(p) => {
+                        let (_, (queue, docs)) = pipe.pending.pop().expect("not empty");
+                        let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
+                        p.send(Job { task: queue / 2, ids, items: docs });
+                    }
+                    Err(_) => {
+                        // The engine thread is gone: nothing more can be classified here. The
+                        // waiting batches stay unacknowledged, for the broker to redeliver.
+                        while pipe.pending.pop().is_some() {}
+                        fatal_tx.send_replace(Some("the engine thread stopped".into()));
+                    }
+                }
+                None
+            }
             _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far_future)), if batch_due.is_some() => {
                 let expired = pipe.batcher.expired(Instant::now());
-                pipe.send_all(expired, drain_by).await;
+                pipe.queue(expired);
+                None
+            }
+            _ = gauges.tick() => {
+                for lane in LANES {
+                    metrics::in_flight(lane, slots.taken(lane));
+                }
                 None
             }
             _ = tick.tick(), if drain_by.is_some() => {
-                if slots.available_permits() == max_in_flight {
+                if LANES.iter().all(|&l| slots.taken(l) == 0) {
                     break;
                 }
                 None
             }
             _ = tokio::time::sleep_until(drain_by.unwrap_or_else(far_future)), if drain_by.is_some() => {
-                report.abandoned = max_in_flight - slots.available_permits();
+                report.abandoned = LANES.iter().map(|&l| slots.taken(l)).sum();
                 tracing::warn!(abandoned = report.abandoned,
                     "drain deadline passed: unfinished documents stay unacknowledged and will be redelivered");
                 break;
             }
         };
         if let Some(fatal) = stop_reason {
+            health.draining();
             match &fatal {
                 Some(why) => {
                     tracing::error!(reason = %why, "fatal: draining, then exiting with an error")
                 }
                 None => tracing::info!(
-                    slots_taken = max_in_flight - slots.available_permits(),
+                    live_in_flight = slots.taken(Lane::Live),
+                    backfill_in_flight = slots.taken(Lane::Backfill),
                     "draining"
                 ),
             }
@@ -247,14 +426,21 @@ pub async fn run(
     completion.abort();
     pipe.dead.abort_all();
     drop(pipe);
+    drop(job_tx);
     while let Ok(e) = end_rx.try_recv() {
         tally(&mut report, e);
     }
     while source_tasks.join_next().await.is_some() {}
+    // The lag poller holds the consumers while it polls: let it finish before they close.
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        while pollers.join_next().await.is_some() {}
+    })
+    .await;
+    pollers.abort_all();
     if let Some(k) = &kafka_sink {
         k.flush(Duration::from_secs(10));
     }
-    if let Some(c) = kafka_consumer {
+    for c in kafka_consumers {
         use rdkafka::consumer::{CommitMode, Consumer};
         if let Err(e) = c.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final commit (nothing stored is normal)");
@@ -262,7 +448,7 @@ pub async fn run(
         // Dropping the last handle closes the consumer: it commits and leaves the group.
         tokio::task::spawn_blocking(move || drop(c)).await.ok();
     }
-    if let Some(h) = amqp_source {
+    for h in amqp_sources {
         if let Ok(Some(session)) = h.await {
             session.close().await;
         }
@@ -296,22 +482,21 @@ fn tally(r: &mut WorkerReport, e: Ending) {
     }
 }
 
-/// The intake side: admit, batch, hand batches to the engine.
+/// The intake side: admit, batch per task and lane, queue closed batches for the engine.
 struct Pipeline {
     batcher: Batcher<Doc>,
+    pending: Lanes<(usize, Vec<Doc>)>,
     tasks: Arc<Vec<PreparedTask>>,
     names: Vec<String>,
     engine: Arc<Engine>,
     finisher: Arc<Finisher>,
     max_bytes: usize,
-    job_tx: mpsc::Sender<Job<Doc>>,
     dead: JoinSet<()>,
     end_tx: mpsc::UnboundedSender<Ending>,
-    fatal: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Pipeline {
-    async fn admit(&mut self, d: Delivery, drain_by: Option<tokio::time::Instant>) {
+    fn admit(&mut self, d: Delivery) {
         match admit(
             d,
             &self.tasks,
@@ -319,7 +504,7 @@ impl Pipeline {
             self.engine.tokenizer(),
             self.max_bytes,
         ) {
-            Ok(doc) => self.push(doc, drain_by).await,
+            Ok(doc) => self.push(doc),
             Err(r) => self.dead_letter(r.delivery, r.failure),
         }
     }
@@ -334,41 +519,18 @@ impl Pipeline {
         while self.dead.try_join_next().is_some() {}
     }
 
-    async fn push(&mut self, doc: Doc, drain_by: Option<tokio::time::Instant>) {
+    fn push(&mut self, doc: Doc) {
         let cost = doc.cost(&self.tasks);
-        let task = doc.task;
-        let ready = self.batcher.push(task, cost, doc, Instant::now());
-        self.send_all(ready, drain_by).await;
+        let queue = queue_of(doc.task, doc.delivery.lane);
+        let ready = self.batcher.push(queue, cost, doc, Instant::now());
+        self.queue(ready);
     }
 
-    /// Hands batches to the engine. A full channel waits here (the engine is behind, so intake
-    /// fills and then pauses), but not past the drain deadline: a batch not handed over by then
-    /// is dropped unacknowledged, for the broker to redeliver.
-    async fn send_all(
-        &mut self,
-        batches: Vec<(usize, Vec<Doc>)>,
-        drain_by: Option<tokio::time::Instant>,
-    ) {
-        for (task, docs) in batches {
-            let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
-            let job = Job {
-                task,
-                ids,
-                items: docs,
-            };
-            let sent = match drain_by {
-                Some(t) => match tokio::time::timeout_at(t, self.job_tx.send(job)).await {
-                    Ok(r) => r.is_ok(),
-                    Err(_) => return,
-                },
-                None => self.job_tx.send(job).await.is_ok(),
-            };
-            if !sent {
-                // The engine thread is gone: nothing more can be classified here.
-                self.fatal
-                    .send_replace(Some("the engine thread stopped".into()));
-                return;
-            }
+    /// Queues closed batches for the engine, each in its lane. Memory stays bounded by the
+    /// in-flight slots: every document here holds one.
+    fn queue(&mut self, batches: Vec<(usize, Vec<Doc>)>) {
+        for (queue, docs) in batches {
+            self.pending.push(lane_of(queue), (queue, docs));
         }
     }
 }
@@ -377,14 +539,26 @@ impl Pipeline {
 async fn complete(
     mut outcomes: mpsc::Receiver<Outcome<Doc>>,
     finisher: Arc<Finisher>,
+    backlog: Arc<Backlog>,
     retry_tx: mpsc::UnboundedSender<Doc>,
     end: mpsc::UnboundedSender<Ending>,
 ) {
     let mut running = JoinSet::new();
     while let Some(o) = outcomes.recv().await {
         Counters::bump(&finisher.counters.batches);
-        tracing::info!(task = %finisher.tasks[o.task].name, docs = o.results.len(),
-            passes = o.passes, engine_ms = o.elapsed.as_millis() as u64, "batch scored");
+        let task = &finisher.tasks[o.task];
+        let docs = o.results.len();
+        let doc_tokens: usize = o.results.iter().map(|(d, _)| d.fitted.ids.len()).sum();
+        let tokens = doc_tokens + docs * task.suffix_ids.len();
+        metrics::batch(&task.name, docs, tokens, doc_tokens, o.elapsed);
+        backlog.batch(docs, doc_tokens, o.elapsed);
+        let lane = o
+            .results
+            .first()
+            .map(|(d, _)| d.delivery.lane.as_str())
+            .unwrap_or_default();
+        tracing::info!(task = %task.name, lane, docs, tokens, passes = o.passes,
+            engine_ms = o.elapsed.as_millis() as u64, "batch scored");
         for (mut doc, result) in o.results {
             let (finisher, end, retry_tx) = (finisher.clone(), end.clone(), retry_tx.clone());
             running.spawn(async move {
@@ -395,6 +569,7 @@ async fn complete(
                     }
                     Err(e) if doc.delivery.failed_attempts + 1 < retry.max_attempts => {
                         Counters::bump(&finisher.counters.engine_retries);
+                        metrics::retry("engine");
                         doc.delivery.failed_attempts += 1;
                         let wait = retry.backoff(doc.delivery.failed_attempts);
                         tracing::warn!(source = %doc.delivery.origin.short(), error = %e, ?wait, "engine failed on the document; retrying");

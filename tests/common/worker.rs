@@ -58,10 +58,16 @@ impl Setup {
     }
 
     /// Writes a worker config with `body` (the broker sections and any overrides) after the model
-    /// section; returns its path.
+    /// section; returns its path. Unless `body` has an `[http]` section, the HTTP server listens
+    /// on a free port of 127.0.0.1 (tests run workers side by side).
     pub fn config(&self, name: &str, body: &str) -> PathBuf {
+        let http = if body.contains("[http]") {
+            ""
+        } else {
+            "[http]\nlisten = \"127.0.0.1:0\"\n"
+        };
         let text = format!(
-            "[model]\nmodel = {:?}\ntokenizer = {:?}\ntasks = {:?}\n\n{body}",
+            "[model]\nmodel = {:?}\ntokenizer = {:?}\ntasks = {:?}\n{http}\n{body}",
             self.model.join("model.gguf"),
             self.model.join("tokenizer.json"),
             self.dir.path().join("tasks.toml"),
@@ -126,6 +132,19 @@ impl WorkerProc {
             "worker did not log '{needle}' within {timeout:?}:\n{}",
             self.log_text()
         );
+    }
+
+    /// The address of its HTTP server (`/metrics`, `/healthz`, `/readyz`), from its log.
+    pub fn http_addr(&mut self) -> std::net::SocketAddr {
+        let needle = "http server listening";
+        self.wait_for_log(needle, Duration::from_secs(60));
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains(needle)).unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in '{line}'"));
+        addr.parse().unwrap()
     }
 
     /// The process id.
@@ -278,4 +297,50 @@ pub fn tally(sent: &[String], got: &[String]) -> Tally {
             .map(|k| k.to_string())
             .collect(),
     }
+}
+
+/// `GET path` on `addr`: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the Prometheus sample `name{labels}` in `text`, where every `k="v"` of `labels`
+/// must be among the sample's labels; summed over the samples that match.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }

@@ -475,8 +475,8 @@ impl WorkerConfig {
                 return bad("batching.backfill_in_flight must be at least batching.max_docs");
             }
         }
-        if !(0.0..=1.0).contains(&b.backfill_share) {
-            return bad("batching.backfill_share must be between 0 and 1");
+        if !(0.0..1.0).contains(&b.backfill_share) {
+            return bad("batching.backfill_share must be at least 0 and below 1 (1 would starve the live lane)");
         }
         if self.metrics.poll_interval.is_zero() {
             return bad("metrics.poll_interval must be positive");
@@ -487,6 +487,11 @@ impl WorkerConfig {
         if let Some(k) = &self.kafka {
             if k.inputs.is_empty() {
                 return bad("kafka.inputs is empty");
+            }
+            if let Some(t) = twice(k.inputs.iter().map(|i| (i.topic.as_str(), i.lane))) {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka topic '{t}' is listed in both lanes (it would be read, and labelled, twice)"
+                )));
             }
             for key in ["enable.auto.offset.store", "enable.auto.commit", "group.id"] {
                 if k.consumer_properties.contains_key(key) || k.properties.contains_key(key) {
@@ -499,6 +504,11 @@ impl WorkerConfig {
         if let Some(a) = &self.amqp {
             if a.inputs.is_empty() {
                 return bad("amqp.inputs is empty");
+            }
+            if let Some(q) = twice(a.inputs.iter().map(|i| (i.queue.as_str(), i.lane))) {
+                return Err(ConfigError::Invalid(format!(
+                    "amqp queue '{q}' is listed in both lanes"
+                )));
             }
             if a.publish_channels == 0 {
                 return bad("amqp.publish_channels must be positive");
@@ -536,6 +546,15 @@ impl WorkerConfig {
         redact(&mut v, "");
         toml::to_string_pretty(&v).expect("a TOML table serialises")
     }
+}
+
+/// A name that appears with both lanes.
+fn twice<'a>(inputs: impl Iterator<Item = (&'a str, Lane)> + Clone) -> Option<&'a str> {
+    let all = inputs.clone();
+    inputs
+        .filter(|&(n, l)| all.clone().any(|(m, k)| m == n && k != l))
+        .map(|(n, _)| n)
+        .next()
 }
 
 /// `LABELMILL_A__B__C` -> `["a", "b", "c"]`; variables without `__` are not config overrides.
@@ -730,6 +749,27 @@ dead_letter_routing_key = "dead"
             vars(&[("LABELMILL_ROUTING__ESCALATE_BELOW__TICKET", "0.7")]),
         );
         assert!(e.unwrap_err().to_string().contains("escalate_topic"));
+        // A topic in both lanes would be read by two consumer groups.
+        let both = BASE.replace(
+            "inputs = [{ topic = \"in\", task = \"ticket\" }]",
+            "inputs = [{ topic = \"in\" }, { topic = \"in\", lane = \"backfill\" }]",
+        );
+        assert_ne!(both, BASE);
+        let e = WorkerConfig::parse(&both, "t", vars(&[]));
+        assert!(e.unwrap_err().to_string().contains("both lanes"));
+        let lanes = both.replace("{ topic = \"in\" }", "{ topic = \"live\" }");
+        let c = WorkerConfig::parse(&lanes, "t", vars(&[])).unwrap();
+        let k = c.kafka.unwrap();
+        assert_eq!(
+            (k.inputs[0].lane, k.inputs[1].lane),
+            (Lane::Live, Lane::Backfill)
+        );
+        let e = WorkerConfig::parse(
+            BASE,
+            "t",
+            vars(&[("LABELMILL_BATCHING__BACKFILL_SHARE", "1.0")]),
+        );
+        assert!(e.unwrap_err().to_string().contains("backfill_share"));
     }
 
     #[test]

@@ -36,11 +36,15 @@ pub struct Outcome<T> {
 }
 
 /// Starts the engine thread. It runs until `jobs` closes, then ends after its last outcome.
+///
+/// `free` gets a permit each time a forward pass ends: the caller sends a job only when it holds
+/// one, so it chooses the next batch when the engine is free, not one batch ahead.
 pub fn spawn<T: Send + 'static>(
     engine: Arc<Engine>,
     tasks: Arc<Vec<PreparedTask>>,
     mut jobs: mpsc::Receiver<Job<T>>,
     outcomes: mpsc::Sender<Outcome<T>>,
+    free: Arc<tokio::sync::Semaphore>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("labelmill-engine".into())
@@ -65,6 +69,7 @@ pub fn spawn<T: Send + 'static>(
                     },
                     &docs,
                 );
+                free.add_permits(1);
                 let outcome = Outcome {
                     task: job.task,
                     results: job.items.into_iter().zip(scored).collect(),

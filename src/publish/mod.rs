@@ -169,7 +169,23 @@ pub async fn run(
         );
     }
 
-    let publisher = Publisher::connect(&dest).await?;
+    // An unwritable state file fails now, before anything is published.
+    save(
+        &opts,
+        &mut progress,
+        &Prefix::after(line_no),
+        earlier,
+        false,
+    )?;
+    tokio::pin!(stop);
+    let publisher = tokio::select! {
+        p = Publisher::connect(&dest) => p?,
+        _ = &mut stop => {
+            report.interrupted = true;
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+    };
     let file_name = opts
         .input
         .file_name()
@@ -178,10 +194,9 @@ pub async fn run(
     let mut prefix = Prefix::after(line_no);
     let mut inflight: FuturesUnordered<Confirm> = FuturesUnordered::new();
     let (mut eof, mut stopping, mut failure) = (false, false, None);
-    let mut sent = 0u64;
+    let mut next_due = Instant::now();
     let mut last_save = Instant::now();
     let mut last_log = Instant::now();
-    tokio::pin!(stop);
     loop {
         // Confirmations that are in already.
         while let Some(Some((n, r))) = inflight.next().now_or_never() {
@@ -194,9 +209,17 @@ pub async fn run(
             stopping = true;
         }
         if !stopping && !eof && inflight.len() < opts.window.max(1) {
-            let Some(line) = input::next_line(&mut *reader).map_err(io)? else {
-                eof = true;
-                continue;
+            let line = match input::next_line(&mut *reader) {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    eof = true;
+                    continue;
+                }
+                Err(e) => {
+                    // A truncated gzip file, say: keep what is confirmed, stop after the in-flight.
+                    failure = Some(io(e));
+                    continue;
+                }
             };
             line_no += 1;
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -204,10 +227,10 @@ pub async fn run(
                 continue;
             }
             if let Some(rate) = opts.rate {
-                let due = started + Duration::from_secs_f64(sent as f64 / rate.max(1e-3));
-                if due > Instant::now() {
+                // One message per 1/rate; time lost waiting on the broker is not made up in a burst.
+                if next_due > Instant::now() {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(due.into()) => {}
+                        _ = tokio::time::sleep_until(next_due.into()) => {}
                         _ = &mut stop => {
                             // This line is read but not sent: the restart sends it.
                             stopping = true;
@@ -215,6 +238,8 @@ pub async fn run(
                         }
                     }
                 }
+                let every = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+                next_due = next_due.max(Instant::now()) + every;
             }
             let headers = [
                 ("labelmill-publish-file", file_name.clone()),
@@ -229,12 +254,8 @@ pub async fn run(
             };
             match publisher.send(msg).await {
                 Ok(c) => inflight.push(c),
-                Err(e) => {
-                    failure = Some(e);
-                    continue;
-                }
+                Err(e) => failure = Some(e),
             }
-            sent += 1;
         } else if inflight.is_empty() {
             break;
         } else {
@@ -244,13 +265,10 @@ pub async fn run(
             }
         }
         if last_save.elapsed() >= SAVE_EVERY {
-            save(
-                &opts,
-                &mut progress,
-                &prefix,
-                earlier + report.published,
-                false,
-            )?;
+            let published = earlier + report.published;
+            if let Err(e) = save(&opts, &mut progress, &prefix, published, false) {
+                failure.get_or_insert(e);
+            }
             last_save = Instant::now();
         }
         bar.set_position(prefix.done());

@@ -1,6 +1,7 @@
 //! Broker-side measurements, polled every `metrics.poll_interval`: Kafka consumer lag of the
-//! assigned partitions, RabbitMQ queue depth. Each feeds the backlog estimate, and a poll that
-//! reaches the broker (or not) is what readiness reports as the Kafka connection.
+//! assigned partitions, RabbitMQ queue depth. Each feeds the backlog estimate. Whether the Kafka
+//! metadata request of a poll reaches the broker is what readiness reports as the Kafka
+//! connection (a failed lag query alone, during a leader election say, is only logged).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -44,16 +45,21 @@ pub async fn kafka(
 ) {
     let mut reported: BTreeSet<(String, i32, Lane)> = BTreeSet::new();
     loop {
-        let mut up = true;
+        let (mut up, mut complete) = (true, true);
         let mut now: BTreeSet<(String, i32, Lane)> = BTreeSet::new();
         for s in &sources {
+            // The consumer closes after the drain: never hold it (or start a request) past that.
+            if *stop.borrow() {
+                return;
+            }
             let Some(c) = s.consumer.upgrade() else {
                 return;
             };
-            let topic = s.topic.clone();
-            let polled = tokio::task::spawn_blocking(move || partition_lags(&c, &topic)).await;
+            let (topic, halt) = (s.topic.clone(), stop.clone());
+            let polled =
+                tokio::task::spawn_blocking(move || partition_lags(&c, &topic, &halt)).await;
             match polled {
-                Ok(Ok(lags)) => {
+                Ok(Ok(Some(lags))) => {
                     let total: i64 = lags.iter().map(|l| l.2).sum();
                     for (topic, partition, lag) in lags {
                         metrics::consumer_lag(&topic, partition, s.lane, lag);
@@ -61,17 +67,18 @@ pub async fn kafka(
                     }
                     backlog.queued(s.lane, &format!("kafka:{}", s.topic), total as f64);
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "kafka lag poll failed");
+                Ok(Ok(None)) => complete = false,
+                Ok(Err(Unreachable(e))) => {
+                    tracing::warn!(error = %e, "kafka broker unreachable (metadata request failed)");
                     up = false;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka lag poll panicked");
-                    up = false;
+                    complete = false;
                 }
             }
         }
-        if up {
+        if up && complete {
             // Partitions revoked since the last poll are another worker's lag now.
             for (topic, partition, lane) in reported.difference(&now) {
                 metrics::consumer_lag(topic, *partition, *lane, 0);
@@ -86,17 +93,42 @@ pub async fn kafka(
     }
 }
 
-/// `(topic, partition, high watermark - committed offset)` of each assigned partition.
-fn partition_lags(c: &KafkaConsumer, topic: &str) -> KafkaResult<Vec<(String, i32, i64)>> {
+/// `(topic, partition, lag)` of each assigned partition.
+type Lags = Vec<(String, i32, i64)>;
+
+/// The metadata request failed: the broker cannot be reached.
+struct Unreachable(rdkafka::error::KafkaError);
+
+/// `(topic, partition, high watermark - committed offset)` of each assigned partition; `None`
+/// when a lag query failed or `stop` turned true on the way.
+fn partition_lags(
+    c: &KafkaConsumer,
+    topic: &str,
+    stop: &watch::Receiver<bool>,
+) -> Result<Option<Lags>, Unreachable> {
     // Reaches the broker even when nothing is assigned (more workers than partitions).
-    c.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    c.fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(Unreachable)?;
+    match lags(c, stop) {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            tracing::debug!(error = %e, "kafka lag query failed");
+            Ok(None)
+        }
+    }
+}
+
+fn lags(c: &KafkaConsumer, stop: &watch::Receiver<bool>) -> KafkaResult<Option<Lags>> {
     let assignment = c.assignment()?;
     if assignment.count() == 0 {
-        return Ok(Vec::new());
+        return Ok(Some(Vec::new()));
     }
     let committed = c.committed_offsets(assignment, REQUEST_TIMEOUT)?;
     let mut lags = Vec::new();
     for e in committed.elements() {
+        if *stop.borrow() {
+            return Ok(None);
+        }
         let (low, high) = c.fetch_watermarks(e.topic(), e.partition(), REQUEST_TIMEOUT)?;
         // Nothing committed yet: the group starts from the earliest offset.
         let from = match e.offset() {
@@ -105,7 +137,7 @@ fn partition_lags(c: &KafkaConsumer, topic: &str) -> KafkaResult<Vec<(String, i3
         };
         lags.push((e.topic().to_string(), e.partition(), (high - from).max(0)));
     }
-    Ok(lags)
+    Ok(Some(lags))
 }
 
 /// Polls the depth of the input queues until `stop`. Competing consumers share a queue, so each

@@ -317,7 +317,15 @@ pub async fn run(
 
     let (job_tx, job_rx) = mpsc::channel::<Job<Doc>>(1);
     let (out_tx, out_rx) = mpsc::channel::<Outcome<Doc>>(2);
-    let engine_thread = thread::spawn(engine.clone(), tasks.clone(), job_rx, out_tx);
+    // One permit: the engine is free. The thread adds it back after each forward pass.
+    let engine_free = Arc::new(Semaphore::new(1));
+    let engine_thread = thread::spawn(
+        engine.clone(),
+        tasks.clone(),
+        job_rx,
+        out_tx,
+        engine_free.clone(),
+    );
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Doc>();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<Ending>();
     let completion = tokio::spawn(complete(
@@ -364,20 +372,19 @@ pub async fn run(
             Some(d) = intake_rx.recv() => { pipe.admit(d); None }
             Some(doc) = retry_rx.recv() => { pipe.push(doc); None }
             Some(e) = end_rx.recv() => { tally(&mut report, e); None }
-            // The engine takes one batch at a time; the lane order is decided only when it is free.
-            permit = job_tx.reserve(), if !pipe.pending.is_empty() => {
-                match permit {
-                    Ok(p) => {
-                        let (_, (queue, docs)) = pipe.pending.pop().expect("not empty");
-                        let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
-                        p.send(Job { task: queue / 2, ids, items: docs });
-                    }
-                    Err(_) => {
-                        // The engine thread is gone: nothing more can be classified here. The
-                        // waiting batches stay unacknowledged, for the broker to redeliver.
-                        while pipe.pending.pop().is_some() {}
-                        fatal_tx.send_replace(Some("the engine thread stopped".into()));
-                    }
+            // The engine runs one batch at a time, and the next one (live first) is chosen only
+            // when it is free, so a live batch never waits behind a backfill batch chosen early.
+            free = engine_free.clone().acquire_owned(), if !pipe.pending.is_empty() => {
+                free.expect("the semaphore is never closed").forget();
+                let (_, (queue, docs)) = pipe.pending.pop().expect("not empty");
+                let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
+                // The channel is empty when the engine is free: this does not wait.
+                if job_tx.send(Job { task: queue / 2, ids, items: docs }).await.is_err() {
+                    // The engine thread is gone: nothing more can be classified here. Waiting
+                    // batches stay unacknowledged, for the broker to redeliver.
+                    while pipe.pending.pop().is_some() {}
+                    engine_free.add_permits(1);
+                    fatal_tx.send_replace(Some("the engine thread stopped".into()));
                 }
                 None
             }

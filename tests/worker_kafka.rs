@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::kafka::{committed, message_count, Reader, Topics};
-use common::worker::{bad_docs, good_docs, tally, Setup, WorkerProc};
+use common::worker::{bad_docs, good_docs, http_get, metric, tally, Setup, WorkerProc};
 
 const BROKERS: &str = "127.0.0.1:9092";
 
@@ -21,7 +21,10 @@ async fn thousand_documents_in_thousand_results_out() {
     let k = Topics::create(BROKERS, "lm-1k", 3).await;
     let docs = good_docs(1000);
     k.produce(&docs).await;
-    let cfg = setup.config("w.toml", &k.config(""));
+    let cfg = setup.config(
+        "w.toml",
+        &k.config("[metrics]\npoll_interval = \"200ms\"\n"),
+    );
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
     let mut results = Reader::new(BROKERS, &k.topic("results"));
     results.collect(1000, Duration::from_secs(3), Duration::from_secs(240));
@@ -42,6 +45,47 @@ async fn thousand_documents_in_thousand_results_out() {
         .unwrap()
         .1;
     assert_eq!(d0["headers"]["correlation-id"], "corr-0");
+    // /metrics: every document counted, and the lag of each of the 3 partitions falls to 0 once
+    // the offsets are committed.
+    let addr = w.http_addr();
+    let input = k.topic("input");
+    let lag = |text: &str| {
+        metric(
+            text,
+            "labelmill_consumer_lag_messages",
+            &[("topic", &input)],
+        )
+    };
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        text = http_get(addr, "/metrics").1;
+        if text.matches("labelmill_consumer_lag_messages{").count() == 3 && lag(&text) == 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        text.matches("labelmill_consumer_lag_messages{").count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(lag(&text), 0.0, "{text}");
+    let labelled = [("lane", "live"), ("outcome", "labelled")];
+    assert_eq!(
+        metric(&text, "labelmill_documents_total", &labelled),
+        1000.0
+    );
+    // Kafka records carry their create time: every result's latency is measured.
+    assert_eq!(
+        metric(&text, "labelmill_document_latency_seconds_count", &[]),
+        1000.0
+    );
+    assert_eq!(
+        metric(&text, "labelmill_backlog_seconds", &[("lane", "live")]),
+        0.0
+    );
+    assert_eq!(http_get(addr, "/readyz").0, 200);
     assert!(w.sigterm(Duration::from_secs(60)).success());
     // After the drain every message is committed.
     let c = committed(BROKERS, &format!("{}.group", k.tag), &k.topic("input"), 3);

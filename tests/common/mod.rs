@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod manifests;
 pub mod rabbit;
 pub mod reference;
 pub mod worker;

@@ -1,4 +1,5 @@
-//! Command-line interface: `worker`, `publish`, `config check`, `classify`, `tiny-model`, `bench`.
+//! Command-line interface: `worker`, `publish`, `config check`, `classify`, `eval`, `tiny-model`,
+//! `bench`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -44,6 +45,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// Classify a JSONL file (or stdin) without a broker.
     Classify(ClassifyArgs),
+    /// Measure quality on labelled JSONL: accuracy, macro-F1, confusion, calibration; compare
+    /// models; fit per-task temperatures.
+    Eval(EvalArgs),
     /// Write a random-weight LLaMA GGUF and its tokenizer (for tests, benchmarks, trying things).
     TinyModel(TinyModelArgs),
     /// Time the engine on synthetic documents; prints one JSON line.
@@ -109,6 +113,40 @@ pub struct ModelArgs {
     /// The model's HuggingFace tokenizer.json.
     #[arg(long, env = "LABELMILL_TOKENIZER")]
     pub tokenizer: PathBuf,
+}
+
+/// `eval` arguments.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Task definitions (TOML); `--fit-temperature` writes into it.
+    #[arg(long, env = "LABELMILL_TASKS")]
+    tasks: PathBuf,
+    /// Labelled JSONL: `id`, `text`, `task` (optional), `label`.
+    #[arg(long)]
+    data: PathBuf,
+    /// A second GGUF scored on the same data, side by side (agreement, accuracy difference).
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// The second model's tokenizer (default: the first's).
+    #[arg(long)]
+    compare_tokenizer: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Write a reliability diagram (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Fit each task's temperature on this data (minimum NLL) and write it into the task file.
+    #[arg(long)]
+    fit_temperature: bool,
+    /// Most documents per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Most tokens (summed over the batch) per forward pass.
+    #[arg(long, default_value_t = 8192)]
+    max_batch_tokens: usize,
 }
 
 /// `classify` arguments.
@@ -279,6 +317,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify(a) => classify(a),
+        Command::Eval(a) => eval(a),
         Command::TinyModel(a) => {
             let quant = tiny::parse_quant(&a.quant).map_err(anyhow::Error::msg)?;
             let m = tiny::write(&a.out, &TinyShape::from(&a.shape), quant, a.seed)?;
@@ -392,6 +431,108 @@ fn load_engine(m: &ModelArgs) -> Result<Engine> {
     tracing::info!(model = %info.name, quant = %info.quant, layers = info.hparams.n_layers, dim = info.hparams.dim,
         heads = info.hparams.n_heads, kv_heads = info.hparams.n_kv_heads, "model loaded");
     Ok(engine)
+}
+
+/// Loads a model and prepares (and warms) every task of `specs` for it.
+fn prepared(m: &ModelArgs, specs: &TaskFile) -> Result<(Engine, Vec<PreparedTask>)> {
+    let engine = load_engine(m)?;
+    let tasks: Vec<PreparedTask> = specs
+        .task
+        .iter()
+        .map(|s| engine.prepare(s))
+        .collect::<std::result::Result<_, _>>()?;
+    for t in &tasks {
+        engine.prefix_kv(t)?;
+    }
+    Ok((engine, tasks))
+}
+
+fn eval(a: EvalArgs) -> Result<ExitCode> {
+    use crate::eval::{self, calibrate, report};
+    let specs = TaskFile::load(&a.tasks)?;
+    let limits = BatchLimits {
+        max_docs: a.batch_size.max(1),
+        max_tokens: a.max_batch_tokens.max(1),
+    };
+    let read = |engine: &Engine, tasks: &[PreparedTask]| -> Result<Vec<eval::Record>> {
+        let f = File::open(&a.data).with_context(|| format!("opening {}", a.data.display()))?;
+        Ok(eval::read(&mut BufReader::new(f), engine, tasks)?)
+    };
+    let (engine, tasks) = prepared(&a.model, &specs)?;
+    let records = read(&engine, &tasks)?;
+    if records.is_empty() {
+        bail!("{} has no labelled records", a.data.display());
+    }
+    let scored = eval::score(&engine, &tasks, &records, limits)?;
+    let mine = eval::examples(&tasks, &records, &scored);
+    let name = |p: &PathBuf| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let other = match &a.compare {
+        Some(path) => {
+            let m2 = ModelArgs {
+                model: path.clone(),
+                tokenizer: a
+                    .compare_tokenizer
+                    .clone()
+                    .unwrap_or_else(|| a.model.tokenizer.clone()),
+            };
+            let (engine2, tasks2) = prepared(&m2, &specs)?;
+            let records2 = read(&engine2, &tasks2)?;
+            let scored2 = eval::score(&engine2, &tasks2, &records2, limits)?;
+            Some((
+                name(path),
+                eval::examples(&tasks2, &records2, &scored2),
+                scored2.docs_per_s,
+            ))
+        }
+        None => None,
+    };
+    let mut rep = report::EvalReport {
+        documents: records.len(),
+        docs_per_s: scored.docs_per_s,
+        compare_docs_per_s: other.as_ref().map(|o| o.2),
+        tasks: Default::default(),
+    };
+    for t in &tasks {
+        let Some(ex) = mine.get(&t.name) else {
+            continue;
+        };
+        let theirs = other
+            .as_ref()
+            .and_then(|(n, o, _)| o.get(&t.name).map(|e| (n.as_str(), e.as_slice())));
+        rep.tasks.insert(
+            t.name.clone(),
+            report::task_report(&t.labels, &name(&a.model.model), ex, theirs),
+        );
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&rep)?);
+    } else {
+        print!("{}", rep.table());
+    }
+    if let Some(p) = &a.plot {
+        std::fs::write(p, crate::eval::plot::reliability_svg(&rep))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if a.fit_temperature {
+        let pairs = eval::log_probs(&tasks, &records, &scored);
+        let mut fitted = Vec::new();
+        for (task, ex) in &pairs {
+            let t = calibrate::fit_temperature(ex);
+            eprintln!(
+                "task {task}: temperature {t:.4} (NLL {:.4} at T=1, {:.4} fitted)",
+                calibrate::nll(ex, 1.0),
+                calibrate::nll(ex, t)
+            );
+            fitted.push((task.clone(), t));
+        }
+        calibrate::write_temperatures(&a.tasks, &fitted)?;
+        eprintln!("temperatures written to {}", a.tasks.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn classify(a: ClassifyArgs) -> Result<ExitCode> {

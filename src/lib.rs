@@ -26,6 +26,7 @@
 //! - [`telemetry`]: Prometheus metrics, `/metrics` `/healthz` `/readyz`, lag and backlog seconds.
 //! - [`publish`]: `labelmill publish`: a JSONL file onto an input topic or queue, resumable.
 //! - [`classify`]: the `labelmill classify` pipeline (JSONL in, JSONL out).
+//! - [`eval`]: `labelmill eval`: accuracy, macro-F1, calibration, model comparison, temperature fit.
 //! - [`bench`]: synthetic throughput measurement.
 //! - [`tiny`]: generated LLaMA GGUF models and tokenizers for tests and benchmarks.
 //! - [`cli`]: the command line.
@@ -39,6 +40,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod engine;
+pub mod eval;
 pub mod message;
 pub mod publish;
 pub mod shutdown;

@@ -3,6 +3,7 @@
 //! No weights can be downloaded where labelmill is tested, so tests, benchmarks and the quick start
 //! run on these files, through the same loader as a downloaded LLaMA 2 GGUF.
 
+pub mod tickets;
 pub mod tokenizer;
 
 use std::fs;

@@ -465,10 +465,15 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
     }
     let scored = eval::score(&engine, &tasks, &records, limits)?;
     let mine = eval::examples(&tasks, &records, &scored);
+    // The file name with its directory: quantisations of one model often share the file name.
     let name = |p: &PathBuf| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        let parts: Vec<String> = p
+            .components()
+            .rev()
+            .take(2)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        parts.into_iter().rev().collect::<Vec<_>>().join("/")
     };
     let other = match &a.compare {
         Some(path) => {

@@ -127,7 +127,52 @@ pub fn write(
 ) -> Result<TinyModel, TinyError> {
     check_shape(shape, quant)?;
     let tok_json = tokenizer::train(shape.vocab).map_err(TinyError::Tokenizer)?;
-    let tokens = tokenizer::tokens_in_order(&tok_json).map_err(TinyError::Tokenizer)?;
+    let tensors = random_tensors(shape, quant, seed).map_err(|e| TinyError::Write {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let name = format!("labelmill-tiny-{}l-{}d-seed{seed}", shape.layers, shape.dim);
+    write_files(dir, shape, quant, &name, tensors, &tok_json)
+}
+
+/// Writes trained f32 weights (GGUF tensor names, `(out, in)` matrices) as `dir/model.gguf`, the
+/// matrices quantised to `quant` and the norms kept in F32, with `tokenizer_json` beside it.
+pub fn write_weights(
+    dir: &Path,
+    shape: &TinyShape,
+    quant: GgmlDType,
+    name: &str,
+    weights: &[(String, Tensor)],
+    tokenizer_json: &str,
+) -> Result<TinyModel, TinyError> {
+    check_shape(shape, quant)?;
+    let tensors = weights
+        .iter()
+        .map(|(n, t)| {
+            let q = if n.ends_with("norm.weight") {
+                GgmlDType::F32
+            } else {
+                quant
+            };
+            Ok((n.clone(), QTensor::quantize(t, q)?))
+        })
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(|e| TinyError::Write {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    write_files(dir, shape, quant, name, tensors, tokenizer_json)
+}
+
+fn write_files(
+    dir: &Path,
+    shape: &TinyShape,
+    quant: GgmlDType,
+    name: &str,
+    tensors: Vec<(String, QTensor)>,
+    tok_json: &str,
+) -> Result<TinyModel, TinyError> {
+    let tokens = tokenizer::tokens_in_order(tok_json).map_err(TinyError::Tokenizer)?;
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |e: String| TinyError::Write {
@@ -139,17 +184,10 @@ pub fn write(
     let model = dir.join("model.gguf");
     let tokenizer = dir.join("tokenizer.json");
 
-    let tensors = random_tensors(shape, quant, seed).map_err(|e| werr(&model)(e.to_string()))?;
     let hd = shape.dim / shape.heads;
     let md: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
-        (
-            "general.name",
-            Value::String(format!(
-                "labelmill-tiny-{}l-{}d-seed{seed}",
-                shape.layers, shape.dim
-            )),
-        ),
+        ("general.name", Value::String(name.to_string())),
         ("general.file_type", Value::U32(file_type(quant))),
         ("llama.context_length", Value::U32(shape.context as u32)),
         ("llama.embedding_length", Value::U32(shape.dim as u32)),

@@ -19,6 +19,11 @@ pub const RESERVED: usize = 3 + 256;
 /// When the corpus runs out of merges before `vocab_size`, the rest is filled with `<unused_N>`
 /// pieces that no input produces (as real vocabularies reserve tokens).
 pub fn train(vocab_size: usize) -> Result<String, String> {
+    train_on(CORPUS, vocab_size)
+}
+
+/// [`train`] on another corpus (one text per line).
+pub fn train_on(corpus: &str, vocab_size: usize) -> Result<String, String> {
     if vocab_size < RESERVED + 64 {
         return Err(format!(
             "vocab must be at least {} (specials, bytes, some pieces)",
@@ -38,7 +43,7 @@ pub fn train(vocab_size: usize) -> Result<String, String> {
         DecoderWrapper,
     > = TokenizerImpl::new(BPE::default());
     tk.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, true)));
-    tk.train(&mut trainer, CORPUS.lines())
+    tk.train(&mut trainer, corpus.lines())
         .map_err(|e| e.to_string())?;
 
     let trained = serde_json::to_value(tk.get_model()).map_err(|e| e.to_string())?;

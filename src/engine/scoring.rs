@@ -51,14 +51,19 @@ pub struct LabelScores {
 impl LabelScores {
     /// Index of the most probable label.
     pub fn best(&self) -> usize {
-        let mut best = 0;
-        for (i, p) in self.probs.iter().enumerate() {
-            if *p > self.probs[best] {
-                best = i;
-            }
-        }
-        best
+        argmax(&self.probs)
     }
+}
+
+/// Index of the largest probability (the first one on ties).
+pub fn argmax(probs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, p) in probs.iter().enumerate() {
+        if *p > probs[best] {
+            best = i;
+        }
+    }
+    best
 }
 
 impl LabelTrie {

@@ -17,13 +17,7 @@ pub struct Example {
 impl Example {
     /// The most probable label.
     pub fn predicted(&self) -> usize {
-        let mut best = 0;
-        for (i, p) in self.probs.iter().enumerate() {
-            if *p > self.probs[best] {
-                best = i;
-            }
-        }
-        best
+        crate::engine::scoring::argmax(&self.probs)
     }
 
     /// The predicted label's probability.

@@ -48,6 +48,73 @@ pub struct BenchReport {
     pub prefix_ms: f64,
     /// Seconds of each timed run.
     pub run_seconds: Vec<f64>,
+    /// The matrix-product kernels the engine uses for Q8_0/Q4_0 weights on this CPU.
+    pub kernels: String,
+}
+
+/// The machine's f32 matrix-product rate, the yardstick for the engine's arithmetic rate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeakReport {
+    /// Square matrix size.
+    pub size: usize,
+    /// Threads (RAYON_NUM_THREADS or all cores, as the engine).
+    pub threads: usize,
+    /// GFLOP/s of the median run (2·size³ FLOPs per product).
+    pub peak_gflops: f64,
+    /// GFLOP/s of each run.
+    pub run_gflops: Vec<f64>,
+}
+
+/// Times `size × size × size` f32 products through the `gemm` crate (candle's CPU matmul).
+pub fn peak(size: usize, runs: usize) -> PeakReport {
+    let threads = candle_core::utils::get_num_threads();
+    let a: Vec<f32> = (0..size * size).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..size * size).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0f32; size * size];
+    let s = size as isize;
+    let mut product = || {
+        // SAFETY: three distinct size × size row-major buffers, strides matching their layout.
+        unsafe {
+            gemm::gemm(
+                size,
+                size,
+                size,
+                c.as_mut_ptr(),
+                1,
+                s,
+                false,
+                a.as_ptr(),
+                1,
+                s,
+                b.as_ptr(),
+                1,
+                s,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(threads),
+            )
+        }
+    };
+    product();
+    let run_gflops: Vec<f64> = (0..runs.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            product();
+            2.0 * (size as f64).powi(3) / t.elapsed().as_secs_f64() / 1e9
+        })
+        .collect();
+    let mut sorted = run_gflops.clone();
+    sorted.sort_by(f64::total_cmp);
+    let peak_gflops = sorted[sorted.len() / 2];
+    PeakReport {
+        size,
+        threads,
+        peak_gflops,
+        run_gflops,
+    }
 }
 
 /// Runs the workload on `engine`.
@@ -107,5 +174,10 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
         },
         prefix_ms,
         run_seconds,
+        kernels: if crate::engine::qgemm::enabled() {
+            crate::engine::qgemm::Isa::detect().name().to_string()
+        } else {
+            "candle".to_string()
+        },
     })
 }

@@ -271,6 +271,10 @@ pub struct BenchArgs {
     /// Baseline without the prefix cache: each document runs its whole prompt, one at a time.
     #[arg(long)]
     uncached: bool,
+    /// Instead of the engine, measure this machine's f32 matrix-product peak (GFLOP/s) with the
+    /// `gemm` crate candle uses, on square matrices of this size.
+    #[arg(long, value_name = "SIZE")]
+    peak: Option<usize>,
 }
 
 /// Runs the parsed command; the exit code says whether every record succeeded.
@@ -587,6 +591,11 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
 }
 
 fn bench(a: BenchArgs) -> Result<ExitCode> {
+    if let Some(size) = a.peak {
+        let report = crate::bench::peak(size, a.runs);
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let tmp;
     let (model, tokenizer) = match (a.model, a.tokenizer) {
         (Some(m), Some(t)) => (m, t),

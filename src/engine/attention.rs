@@ -6,6 +6,9 @@
 //! result equals attention over the concatenated keys. Rows are attended one at a time over exactly
 //! their real keys: a row's arithmetic has the same shapes alone or in any batch, so its scores do
 //! not depend on what it is batched with (even through 8-bit activation rounding downstream).
+//!
+//! On the CPU, [`super::attention_cpu`] computes the same head by head on the thread pool with one
+//! fused softmax; other devices use candle's ops here.
 
 use candle_core::{Result, Tensor, D};
 
@@ -27,6 +30,14 @@ pub struct AttentionInput<'a> {
 
 /// Returns the attention output `[1, n_kv_heads, g * t, head_dim]`.
 pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
+    if inp.q.device().is_cpu() {
+        return super::attention_cpu::attend(inp);
+    }
+    attend_candle(inp)
+}
+
+/// Any device: candle's ops, the two partial softmaxes merged through a shared maximum.
+fn attend_candle(inp: &AttentionInput) -> Result<Tensor> {
     let (b, n_kv, gt, hd) = inp.q.dims4()?;
     let t = gt / inp.group;
     let s = inp.rows.k.dim(2)?;
@@ -89,8 +100,18 @@ mod tests {
             .broadcast_add(&full_mask)?
             .reshape((1, n_kv, g * t, p + t))?;
         let want = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
-        let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max abs diff {diff}");
+        // The device-independent path gives the same.
+        let other = attend_candle(&AttentionInput {
+            q: &q,
+            shared: Some(&shared),
+            rows: &rows,
+            mask: &mask,
+            group: g,
+        })?;
+        let diff = (other - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "candle path: max abs diff {diff}");
         Ok(())
     }
 }

@@ -1,27 +1,63 @@
 //! The one seam for weight matrix products: every projection in the model goes through `Linear`.
 //!
-//! Today it wraps candle's `QMatMul` (quantised vec-dot kernels, or a dense f32 matmul for F32/F16
-//! weights). A faster blocked kernel for prefill replaces the body of `forward`, nothing else.
+//! On the CPU, Q8_0, Q4_0 and Q4_K weights are re-laid once at load for the blocked kernels of
+//! [`super::qgemm`] (each weight block reused across several token rows); every other type, and
+//! every other device, goes through candle's `QMatMul`.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Result, Tensor};
+
+use super::qgemm::op::PackedMatMul;
+use super::qgemm::pack::Packed;
+use super::qgemm::{self, Isa};
 
 /// A bias-free linear layer `y = x Wᵀ` with weights as stored in the GGUF file.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    inner: QMatMul,
+    inner: Inner,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Candle(QMatMul),
+    Packed(PackedMatMul),
 }
 
 impl Linear {
     /// Wraps a `[out, in]` weight tensor.
     pub fn new(weight: QTensor) -> Result<Self> {
-        Ok(Self {
-            inner: QMatMul::from_qtensor(weight)?,
-        })
+        let (n, k) = weight.shape().dims2()?;
+        let packable = matches!(weight.device(), Device::Cpu)
+            && matches!(
+                weight.dtype(),
+                GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K
+            )
+            && qgemm::enabled();
+        let inner = if packable {
+            let bytes = weight.data()?;
+            let packed = match weight.dtype() {
+                GgmlDType::Q8_0 => Packed::from_q8_0(&bytes, n, k),
+                GgmlDType::Q4_0 => Packed::from_q4_0(&bytes, n, k),
+                _ => Packed::from_q4_k(&bytes, n, k),
+            }
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            Inner::Packed(PackedMatMul {
+                weights: Arc::new(packed),
+                isa: Isa::detect(),
+            })
+        } else {
+            Inner::Candle(QMatMul::from_qtensor(weight)?)
+        };
+        Ok(Self { inner })
     }
 
     /// `x` is `[rows, in]` or `[b, t, in]`; the result has `out` as its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        match &self.inner {
+            Inner::Candle(m) => m.forward(x),
+            Inner::Packed(op) => x.contiguous()?.apply_op1_no_bwd(op),
+        }
     }
 }

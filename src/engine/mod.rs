@@ -8,6 +8,7 @@
 //!    of the prefix and the row's own KV from pass 1, under a tree mask.
 
 pub mod attention;
+pub mod attention_cpu;
 pub mod kv;
 pub mod llama;
 pub mod load;
@@ -15,7 +16,9 @@ pub mod mask;
 pub mod matmul;
 pub mod prefix_cache;
 pub mod prepared;
+pub mod qgemm;
 pub mod scoring;
+pub mod softmax;
 pub mod thread;
 pub mod tokenizer;
 

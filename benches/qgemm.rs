@@ -1,0 +1,50 @@
+//! Criterion bench of one weight product at prefill shape: the packed kernels vs candle's QMatMul.
+//!
+//! `cargo bench --bench qgemm`: `[128, 1024] × [2816, 1024]ᵀ` (a 1024-wide model's FFN up
+//! projection over a 128-token document) for Q8_0, Q4_0 and Q4_K. Throughput elements are
+//! multiply-adds (m·n·k): criterion's "Gelem/s" is G multiply-adds per second (× 2 for GFLOP/s).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use labelmill::engine::qgemm::op::PackedMatMul;
+use labelmill::engine::qgemm::pack::Packed;
+use labelmill::engine::qgemm::Isa;
+
+fn qgemm(c: &mut Criterion) {
+    let (m, n, k) = (128usize, 2816usize, 1024usize);
+    let dev = Device::Cpu;
+    let w = Tensor::randn(0f32, 0.05, (n, k), &dev).expect("weights");
+    let x = Tensor::randn(0f32, 1.0, (m, k), &dev).expect("input");
+    let mut g = c.benchmark_group("matmul_128x2816x1024");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements((m * n * k) as u64));
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+        let q = QTensor::quantize(&w, dtype).expect("quantize");
+        let bytes = q.data().expect("bytes").into_owned();
+        let packed = match dtype {
+            GgmlDType::Q8_0 => Packed::from_q8_0(&bytes, n, k),
+            GgmlDType::Q4_0 => Packed::from_q4_0(&bytes, n, k),
+            _ => Packed::from_q4_k(&bytes, n, k),
+        }
+        .expect("pack");
+        let op = PackedMatMul {
+            weights: Arc::new(packed),
+            isa: Isa::detect(),
+        };
+        let candle = QMatMul::from_qtensor(q).expect("qmatmul");
+        let name = format!("{dtype:?}");
+        g.bench_with_input(BenchmarkId::new("packed", &name), &x, |b, x| {
+            b.iter(|| x.apply_op1_no_bwd(&op).expect("packed"))
+        });
+        g.bench_with_input(BenchmarkId::new("candle", &name), &x, |b, x| {
+            b.iter(|| candle.forward(x).expect("candle"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, qgemm);
+criterion_main!(benches);

@@ -1,0 +1,156 @@
+//! AVX2 + FMA kernels, compiled for those features and called only after runtime detection.
+//!
+//! Per 32-value block and activation row: 8 chunk products `maddubs` (u8 × i8 → i16 pairs), summed
+//! to i32 lanes that are already the 8 output columns, then one convert and one fused multiply-add
+//! with the 8 weight scales × the row's scale. Each weight chunk is loaded once for `MR` rows.
+
+use std::arch::x86_64::*;
+
+use super::act::{QuantRows, BLOCK};
+use super::pack::{TileQ4, TileQ8, TILE};
+
+/// Rows `i0..i0 + MR` of `act` times one Q8_0 tile. Q8_0 weights are signed, so the sign trick:
+/// `|w| × (x · sign w)`; each i16 pair sum is at most 2 · 128 · 127 and cannot saturate.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; rows `i0..i0 + MR` must exist in `act`, and `tiles` must hold
+/// `act.blocks()` blocks.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q8_rows<const MR: usize>(
+    tiles: &[TileQ8],
+    act: &QuantRows,
+    i0: usize,
+) -> [[f32; TILE]; MR] {
+    let (k, kb) = (act.k, act.blocks());
+    debug_assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); MR];
+    let xq = act.q.as_ptr();
+    for (b, tb) in tiles.iter().enumerate() {
+        let mut sums = [_mm256_setzero_si256(); MR];
+        for c in 0..TILE {
+            let w = _mm256_load_si256(tb.qs.as_ptr().add(c * 32) as *const __m256i);
+            let aw = _mm256_sign_epi8(w, w);
+            for (i, s) in sums.iter_mut().enumerate() {
+                let xp = xq.add((i0 + i) * k + b * BLOCK + c * 4) as *const i32;
+                let x = _mm256_set1_epi32(xp.read_unaligned());
+                let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+            }
+        }
+        let dw = _mm256_load_ps(tb.d.as_ptr());
+        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
+            let dx = _mm256_set1_ps(*act.d.get_unchecked((i0 + i) * kb + b));
+            *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), *a);
+        }
+    }
+    store(acc)
+}
+
+/// Rows `i0..i0 + MR` of `act` times one 4-bit tile. Nibbles are unsigned (0..15), so `maddubs`
+/// applies directly; eight i16 partial sums stay within 8 · 2 · 15 · 127 = 30480, so they are
+/// added as i16 before one widening per block; the offsets come off as `m · Σx`.
+///
+/// # Safety
+/// As [`q8_rows`].
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn q4_rows<const MR: usize>(
+    tiles: &[TileQ4],
+    act: &QuantRows,
+    i0: usize,
+) -> [[f32; TILE]; MR] {
+    let (k, kb) = (act.k, act.blocks());
+    debug_assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len());
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); MR];
+    let xq = act.q.as_ptr();
+    for (b, tb) in tiles.iter().enumerate() {
+        let mut sums = [_mm256_setzero_si256(); MR];
+        for h in 0..4 {
+            let v = _mm256_load_si256(tb.qs.as_ptr().add(h * 32) as *const __m256i);
+            let lo = _mm256_and_si256(v, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+            for (i, s) in sums.iter_mut().enumerate() {
+                let xp = xq.add((i0 + i) * k + b * BLOCK);
+                let xl = _mm256_set1_epi32((xp.add(h * 4) as *const i32).read_unaligned());
+                let xh = _mm256_set1_epi32((xp.add(16 + h * 4) as *const i32).read_unaligned());
+                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(lo, xl));
+                *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, xh));
+            }
+        }
+        let dw = _mm256_load_ps(tb.d.as_ptr());
+        let mw = _mm256_load_ps(tb.m.as_ptr());
+        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
+            let at = (i0 + i) * kb + b;
+            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
+            let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
+            let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
+            *a = _mm256_fnmadd_ps(mw, sx, _mm256_fmadd_ps(s, _mm256_mul_ps(dw, dx), *a));
+        }
+    }
+    store(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store<const MR: usize>(acc: [__m256; MR]) -> [[f32; TILE]; MR] {
+    let mut out = [[0f32; TILE]; MR];
+    for (o, a) in out.iter_mut().zip(acc) {
+        _mm256_storeu_ps(o.as_mut_ptr(), a);
+    }
+    out
+}
+
+/// One row of activations to 8-bit blocks: `d = max|x| / 127`, `q = round(x / d)` (ties to even),
+/// `ds = d · Σq`; the same numbers as the portable code.
+///
+/// # Safety
+/// AVX2 and FMA; `x` and `q` hold `k` values, `d` and `ds` `k / 32`.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32]) {
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (b, (xb, qb)) in x
+        .chunks_exact(BLOCK)
+        .zip(q.chunks_exact_mut(BLOCK))
+        .enumerate()
+    {
+        let p = xb.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let mut m = _mm256_and_ps(v[0], abs_mask);
+        for vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_and_ps(*vi, abs_mask));
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m1 = _mm_max_ss(m2, _mm_movehdup_ps(m2));
+        let amax = _mm_cvtss_f32(m1);
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let lim = _mm256_set1_ps(127.0);
+        let r = v.map(|vi| {
+            let t = _mm256_round_ps::<NEAREST>(_mm256_mul_ps(vi, inv));
+            _mm256_cvtps_epi32(_mm256_max_ps(
+                _mm256_min_ps(t, lim),
+                _mm256_sub_ps(_mm256_setzero_ps(), lim),
+            ))
+        });
+        let s = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+        let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
+        // i32 → i16 → i8 packs interleave the 128-bit lanes; the permutation restores the order.
+        let w = _mm256_packs_epi32(r[0], r[1]);
+        let z = _mm256_packs_epi32(r[2], r[3]);
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w, z), order);
+        _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, bytes);
+        d[b] = scale;
+        ds[b] = scale * _mm_cvtsi128_si32(s1) as f32;
+    }
+}

@@ -1,0 +1,264 @@
+//! Weights re-laid for the kernels: 8 output rows interleaved per 32-value block, scales in f32.
+//!
+//! A tile holds 8 consecutive weight rows (output columns). For each block of 32 input values it
+//! stores the 8 scales and the 8 × 32 quantised values in chunks: chunk `c` is 32 bytes holding
+//! values `4c..4c + 4` of row 0, then of row 1, … row 7. One 256-bit load of a chunk times the
+//! activation's 4 bytes `4c..4c + 4` broadcast gives all 8 columns at once, so the dot products
+//! land lane-wise and no horizontal sums are needed.
+//!
+//! 4-bit types keep their nibbles: byte group `h` holds chunk `h` in the low nibbles and chunk
+//! `h + 4` in the high ones. Q4_0 (`d · (q − 8)`) and Q4_K (`d·sc · q − dmin·m` per 32 values, the
+//! 6-bit scales unpacked here) both become `scale · q − min` with an f32 scale and min per row and
+//! block: 6 bits per weight in memory (GGML: 4.5), the price of one kernel without per-call
+//! unpacking. A last partial tile is padded with zero rows.
+
+use half::f16;
+
+use super::act::BLOCK;
+
+/// Output rows per tile (lanes of a 256-bit vector of i32/f32).
+pub const TILE: usize = 8;
+
+/// One 32-value block of 8 Q8_0 rows.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct TileQ8 {
+    /// Scales of the 8 rows.
+    pub d: [f32; TILE],
+    /// Chunk `c`, row `r`, value `t` at `c * 32 + r * 4 + t`.
+    pub qs: [i8; TILE * BLOCK],
+}
+
+/// One 32-value block of 8 rows of 4-bit weights: value = `d · q − m`, `q` in 0..15.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct TileQ4 {
+    /// Scales of the 8 rows.
+    pub d: [f32; TILE],
+    /// Offsets of the 8 rows.
+    pub m: [f32; TILE],
+    /// Group `h`, row `r`, value `t` at `h * 32 + r * 4 + t`: chunk `h` low, chunk `h + 4` high.
+    pub qs: [u8; TILE * BLOCK / 2],
+}
+
+/// The packed blocks of a whole matrix, tile-major: `tiles[t * kb + b]`.
+#[derive(Debug, Clone)]
+pub enum Tiles {
+    /// From GGML Q8_0.
+    Q8(Vec<TileQ8>),
+    /// From GGML Q4_0 or Q4_K.
+    Q4(Vec<TileQ4>),
+}
+
+/// Why a weight matrix could not be packed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PackError {
+    /// Only Q8_0, Q4_0 and Q4_K have kernels here.
+    #[error("no packed kernel for {0}")]
+    Unsupported(String),
+    /// The byte length does not match `n × k` of the type.
+    #[error("{bytes} bytes of {dtype} weights cannot be a {n} × {k} matrix")]
+    Size {
+        /// The type.
+        dtype: &'static str,
+        /// Bytes given.
+        bytes: usize,
+        /// Rows.
+        n: usize,
+        /// Columns.
+        k: usize,
+    },
+}
+
+/// A weight matrix `[n, k]` in the kernels' layout.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    /// Output rows.
+    pub n: usize,
+    /// Input columns.
+    pub k: usize,
+    /// The blocks.
+    pub tiles: Tiles,
+}
+
+/// GGML Q8_0: f16 scale + 32 × i8.
+const Q8_0_BYTES: usize = 2 + BLOCK;
+/// GGML Q4_0: f16 scale + 16 bytes of nibbles (value `j` low nibble of byte `j`, `j + 16` high).
+const Q4_0_BYTES: usize = 2 + BLOCK / 2;
+/// Values in a GGML Q4_K super-block.
+const QK_K: usize = 256;
+/// GGML Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
+const Q4_K_BYTES: usize = 4 + 12 + QK_K / 2;
+
+fn scale(block: &[u8]) -> f32 {
+    f16::from_le_bytes([block[0], block[1]]).to_f32()
+}
+
+impl Packed {
+    /// Packs GGML Q8_0 bytes of an `[n, k]` matrix.
+    pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+        let kb = check(bytes, n, k, BLOCK, Q8_0_BYTES, "Q8_0")?;
+        let mut tiles = vec![
+            TileQ8 {
+                d: [0.0; TILE],
+                qs: [0; TILE * BLOCK],
+            };
+            n.div_ceil(TILE) * kb
+        ];
+        for row in 0..n {
+            let (t, r) = (row / TILE, row % TILE);
+            for b in 0..kb {
+                let src = &bytes[(row * kb + b) * Q8_0_BYTES..][..Q8_0_BYTES];
+                let dst = &mut tiles[t * kb + b];
+                dst.d[r] = scale(src);
+                for (j, &v) in src[2..].iter().enumerate() {
+                    dst.qs[(j / 4) * 32 + r * 4 + j % 4] = v as i8;
+                }
+            }
+        }
+        Ok(Self {
+            n,
+            k,
+            tiles: Tiles::Q8(tiles),
+        })
+    }
+
+    /// Packs GGML Q4_0 bytes of an `[n, k]` matrix.
+    pub fn from_q4_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+        let kb = check(bytes, n, k, BLOCK, Q4_0_BYTES, "Q4_0")?;
+        let tiles = pack4(n, kb, |row, b| {
+            let src = &bytes[(row * kb + b) * Q4_0_BYTES..][..Q4_0_BYTES];
+            let d = scale(src);
+            let mut q = [0u8; BLOCK];
+            for (j, v) in q.iter_mut().enumerate() {
+                *v = (src[2 + j % 16] >> (4 * (j / 16))) & 0x0F;
+            }
+            (d, 8.0 * d, q)
+        });
+        Ok(Self {
+            n,
+            k,
+            tiles: Tiles::Q4(tiles),
+        })
+    }
+
+    /// Packs GGML Q4_K bytes of an `[n, k]` matrix (super-blocks of 256: eight 32-value blocks
+    /// with 6-bit scales and mins under an f16 `d` and `dmin`).
+    pub fn from_q4_k(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+        let sb = check(bytes, n, k, QK_K, Q4_K_BYTES, "Q4_K")?;
+        let tiles = pack4(n, k / BLOCK, |row, b| {
+            let src = &bytes[(row * sb + b / 8) * Q4_K_BYTES..][..Q4_K_BYTES];
+            let (d, dmin) = (scale(src), scale(&src[2..]));
+            let (sc, mn) = scale_min_k4(b % 8, &src[4..16]);
+            // Block j of the super-block: group j / 2 of 32 bytes, low nibbles for even j.
+            let qs = &src[16 + (b % 8 / 2) * 32..][..32];
+            let shift = 4 * (b % 2);
+            let mut q = [0u8; BLOCK];
+            for (v, byte) in q.iter_mut().zip(qs) {
+                *v = (byte >> shift) & 0x0F;
+            }
+            (d * sc as f32, dmin * mn as f32, q)
+        });
+        Ok(Self {
+            n,
+            k,
+            tiles: Tiles::Q4(tiles),
+        })
+    }
+
+    /// Blocks per row.
+    pub fn blocks(&self) -> usize {
+        self.k / BLOCK
+    }
+
+    /// Bytes held.
+    pub fn size_in_bytes(&self) -> usize {
+        match &self.tiles {
+            Tiles::Q8(t) => std::mem::size_of_val(t.as_slice()),
+            Tiles::Q4(t) => std::mem::size_of_val(t.as_slice()),
+        }
+    }
+
+    /// Weight `(row, col)` as f32 (scale × quantised value), for tests and references.
+    pub fn get(&self, row: usize, col: usize) -> f32 {
+        let kb = self.blocks();
+        let (t, r, b, j) = (row / TILE, row % TILE, col / BLOCK, col % BLOCK);
+        match &self.tiles {
+            Tiles::Q8(tiles) => {
+                let tb = &tiles[t * kb + b];
+                tb.d[r] * tb.qs[(j / 4) * 32 + r * 4 + j % 4] as f32
+            }
+            Tiles::Q4(tiles) => {
+                let tb = &tiles[t * kb + b];
+                let c = j / 4;
+                let byte = tb.qs[(c % 4) * 32 + r * 4 + j % 4];
+                let nib = if c < 4 { byte & 0x0F } else { byte >> 4 };
+                tb.d[r] * nib as f32 - tb.m[r]
+            }
+        }
+    }
+}
+
+/// Blocks of `unit` values per row, if the bytes are an `[n, k]` matrix of the type.
+fn check(
+    bytes: &[u8],
+    n: usize,
+    k: usize,
+    unit: usize,
+    block_bytes: usize,
+    dtype: &'static str,
+) -> Result<usize, PackError> {
+    if !k.is_multiple_of(unit) || bytes.len() != n * (k / unit) * block_bytes {
+        return Err(PackError::Size {
+            dtype,
+            bytes: bytes.len(),
+            n,
+            k,
+        });
+    }
+    Ok(k / unit)
+}
+
+/// Builds 4-bit tiles from `block(row, b) = (scale, min, 32 nibbles)`.
+fn pack4(
+    n: usize,
+    kb: usize,
+    block: impl Fn(usize, usize) -> (f32, f32, [u8; BLOCK]),
+) -> Vec<TileQ4> {
+    // Padding rows: scale and offset 0, so they contribute nothing.
+    let mut tiles = vec![
+        TileQ4 {
+            d: [0.0; TILE],
+            m: [0.0; TILE],
+            qs: [0; TILE * BLOCK / 2],
+        };
+        n.div_ceil(TILE) * kb
+    ];
+    for row in 0..n {
+        let (t, r) = (row / TILE, row % TILE);
+        for b in 0..kb {
+            let (d, m, q) = block(row, b);
+            let dst = &mut tiles[t * kb + b];
+            dst.d[r] = d;
+            dst.m[r] = m;
+            for h in 0..4 {
+                for v in 0..4 {
+                    dst.qs[h * 32 + r * 4 + v] = q[4 * h + v] | (q[16 + 4 * h + v] << 4);
+                }
+            }
+        }
+    }
+    tiles
+}
+
+/// Scale and min of block `j` (0..8) from Q4_K's 12 packed bytes (GGML's `get_scale_min_k4`).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}

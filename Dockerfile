@@ -4,17 +4,17 @@
 #   docker build -t labelmill:cpu .
 #   docker run --rm labelmill:cpu tiny-model --out /models/tiny
 #
-# The repository's .cargo/config.toml builds with -C target-cpu=native (candle picks its AVX2/FMA
-# kernels at compile time). An image must run on other machines than the one that built it, so
-# RUSTFLAGS (which replaces the config's rustflags) pins a portable baseline instead: x86-64-v3 is
-# AVX2 + FMA (Haswell and later, every current cloud x86 CPU). Pass --build-arg TARGET_CPU=x86-64-v4
-# for AVX-512 hosts, or TARGET_CPU=generic on arm64.
+# One image for every x86-64 host: labelmill's matrix-product and softmax kernels (Q8_0, Q4_0,
+# Q4_K, attention) check the CPU at run time and use AVX2 + FMA where present, so the default
+# baseline (x86-64) loses nothing on them. TARGET_CPU=x86-64-v3 additionally compiles candle's own
+# fixed-feature kernels (F16 and the other quantisation types) for AVX2, at the price of not
+# starting on pre-Haswell CPUs; TARGET_CPU=generic on arm64.
 
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS builder
-ARG TARGET_CPU=x86-64-v3
+ARG TARGET_CPU=x86-64
 ENV RUSTFLAGS="-C target-cpu=${TARGET_CPU}" \
     CARGO_TERM_COLOR=never
 # librdkafka (bundled, features ssl + libz) is built by its configure script with the C toolchain;

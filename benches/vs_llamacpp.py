@@ -118,7 +118,7 @@ def main():
     p.add_argument("--doc", type=int, default=128, help="L: tokens per document")
     p.add_argument("--prefix", type=int, default=512, help="P: tokens in the shared prefix")
     p.add_argument("--short-prefix", type=int, default=16)
-    p.add_argument("--batches", default="4,8,16,32", help="batch sizes of the sweep")
+    p.add_argument("--batches", default="1,2,4,8,16", help="batch sizes of the sweep")
     p.add_argument("--batch", type=int, help="skip the sweep and use this batch size")
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--layers", type=int, default=8)

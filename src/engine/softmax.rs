@@ -57,12 +57,11 @@ mod avx2 {
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         let mut sum: f32 = lanes.iter().sum();
-        for i in chunks * 8..x.len() {
+        for xi in x.iter_mut().skip(chunks * 8) {
             // The tail through the same formula, one lane used.
-            let e = exp(_mm256_set1_ps(scale * (x[i] - max)));
-            let v = _mm_cvtss_f32(_mm256_castps256_ps128(e));
-            x[i] = v;
-            sum += v;
+            let e = exp(_mm256_set1_ps(scale * (*xi - max)));
+            *xi = _mm_cvtss_f32(_mm256_castps256_ps128(e));
+            sum += *xi;
         }
         sum
     }

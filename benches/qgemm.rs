@@ -24,12 +24,7 @@ fn qgemm(c: &mut Criterion) {
     for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let bytes = q.data().expect("bytes").into_owned();
-        let packed = match dtype {
-            GgmlDType::Q8_0 => Packed::from_q8_0(&bytes, n, k),
-            GgmlDType::Q4_0 => Packed::from_q4_0(&bytes, n, k),
-            _ => Packed::from_q4_k(&bytes, n, k),
-        }
-        .expect("pack");
+        let packed = Packed::from_ggml(dtype, &bytes, n, k).expect("pack");
         let op = PackedMatMul {
             weights: Arc::new(packed),
             isa: Isa::detect(),

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 use super::attention::AttentionInput;
-use super::qgemm::Isa;
+use super::qgemm::{Isa, SharedMut};
 use super::softmax::softmax_row;
 
 /// A contiguous CPU f32 tensor's values.
@@ -18,19 +18,6 @@ fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("CPU attention takes contiguous f32 tensors on the CPU"),
-    }
-}
-
-/// Output rows of distinct heads, written from the pool's threads.
-#[derive(Clone, Copy)]
-struct HeadsPtr(*mut f32);
-// SAFETY: each head's slice is written by the one closure call that owns the head.
-unsafe impl Send for HeadsPtr {}
-unsafe impl Sync for HeadsPtr {}
-
-impl HeadsPtr {
-    fn head(self, h: usize, len: usize) -> *mut f32 {
-        self.0.wrapping_add(h * len)
     }
 }
 
@@ -116,15 +103,15 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
         None => (&[], &[]),
     };
     let mut out = vec![0f32; n_kv * gt * hd];
-    let ptr = HeadsPtr(out.as_mut_ptr());
+    let ptr = SharedMut::new(&mut out);
     let width = p + s;
     candle_core::utils::barrier_pool().execute_chunked(n_kv, |heads| {
         let mut scores = vec![0f32; gt * width];
         let mut vbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
         for h in heads {
             let qh = &q_s[h * gt * hd..(h + 1) * gt * hd];
-            // SAFETY: head h's output slice is written by this call only (see `HeadsPtr`).
-            let oh = unsafe { std::slice::from_raw_parts_mut(ptr.head(h, gt * hd), gt * hd) };
+            // SAFETY: head h's output slice is inside `out` and written by this call only.
+            let oh = unsafe { ptr.part(h * gt * hd, gt * hd) };
             let (rkh, rvh) = (
                 &rk_s[h * s * hd..(h + 1) * s * hd],
                 &rv_s[h * s * hd..(h + 1) * s * hd],

@@ -37,12 +37,8 @@ impl Linear {
             && qgemm::enabled();
         let inner = if packable {
             let bytes = weight.data()?;
-            let packed = match weight.dtype() {
-                GgmlDType::Q8_0 => Packed::from_q8_0(&bytes, n, k),
-                GgmlDType::Q4_0 => Packed::from_q4_0(&bytes, n, k),
-                _ => Packed::from_q4_k(&bytes, n, k),
-            }
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let packed = Packed::from_ggml(weight.dtype(), &bytes, n, k)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             Inner::Packed(PackedMatMul {
                 weights: Arc::new(packed),
                 isa: Isa::detect(),

@@ -1,6 +1,6 @@
 //! Activations quantised to 8-bit blocks of 32 (one scale each), the left operand of the kernels.
 
-use super::Isa;
+use super::{Isa, SharedMut};
 
 /// Values per quantisation block, of weights and activations alike.
 pub const BLOCK: usize = 32;
@@ -34,9 +34,9 @@ impl QuantRows {
         let mut d = vec![0f32; m * kb];
         let mut ds = vec![0f32; m * kb];
         let (ptr_q, ptr_d, ptr_s) = (
-            SendPtr(q.as_mut_ptr()),
-            SendPtr(d.as_mut_ptr()),
-            SendPtr(ds.as_mut_ptr()),
+            SharedMut::new(&mut q),
+            SharedMut::new(&mut d),
+            SharedMut::new(&mut ds),
         );
         candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
             for i in rows {
@@ -44,9 +44,9 @@ impl QuantRows {
                 // are disjoint; the buffers live until the pool call returns.
                 let (qr, dr, sr) = unsafe {
                     (
-                        std::slice::from_raw_parts_mut(ptr_q.at(i * k), k),
-                        std::slice::from_raw_parts_mut(ptr_d.at(i * kb), kb),
-                        std::slice::from_raw_parts_mut(ptr_s.at(i * kb), kb),
+                        ptr_q.part(i * k, k),
+                        ptr_d.part(i * kb, kb),
+                        ptr_s.part(i * kb, kb),
                     )
                 };
                 quantize_row(&x[i * k..(i + 1) * k], qr, dr, sr, isa);
@@ -58,20 +58,6 @@ impl QuantRows {
     /// Blocks per row.
     pub fn blocks(&self) -> usize {
         self.k / BLOCK
-    }
-}
-
-/// A buffer written by disjoint rows from the pool's threads.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only for disjoint row slices of a buffer that outlives the parallel call.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// The element `i` places in (a method, so closures capture the whole wrapper).
-    fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
     }
 }
 

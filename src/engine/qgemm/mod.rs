@@ -38,15 +38,19 @@ pub enum Isa {
 
 impl Isa {
     /// The best the running CPU offers; `LABELMILL_QGEMM_ISA=portable` forces the plain kernels.
+    /// Decided once per process (attention asks on every call).
     pub fn detect() -> Self {
-        if std::env::var("LABELMILL_QGEMM_ISA").is_ok_and(|v| v == "portable") {
-            return Self::Portable;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Self::Avx2;
-        }
-        Self::Portable
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var("LABELMILL_QGEMM_ISA").is_ok_and(|v| v == "portable") {
+                return Self::Portable;
+            }
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Self::Avx2;
+            }
+            Self::Portable
+        })
     }
 
     /// The name used in logs and benchmark reports.
@@ -64,12 +68,29 @@ pub fn enabled() -> bool {
     !std::env::var("LABELMILL_QGEMM").is_ok_and(|v| v == "candle")
 }
 
-/// The output buffer shared by the work pieces; each writes a disjoint set of elements.
+/// A buffer written from the thread pool's threads, each call writing elements no other touches.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: pieces write disjoint (row, column) ranges of one buffer that outlives the parallel loop.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+pub(crate) struct SharedMut<T>(*mut T);
+// SAFETY: users write disjoint elements of a buffer that outlives the pool call (see `part`).
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// Wraps `buf` for one parallel call.
+    pub(crate) fn new(buf: &mut [T]) -> Self {
+        Self(buf.as_mut_ptr())
+    }
+
+    /// Elements `start..start + len`.
+    ///
+    /// # Safety
+    /// The range lies inside the wrapped buffer, the buffer is still alive, and no other live
+    /// slice from the same wrapper overlaps it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
 
 /// `out[i * n + j] = Σ_k x[i * k + c] · W[j, c]` for `m` rows of `x`.
 pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
@@ -82,7 +103,7 @@ pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
     let n_tiles = w.n.div_ceil(TILE);
     let groups = n_tiles.div_ceil(TILE_GROUP);
     let row_blocks = m.div_ceil(ROW_BLOCK);
-    let ptr = OutPtr(out.as_mut_ptr());
+    let ptr = SharedMut::new(out);
     candle_core::utils::barrier_pool().execute_chunked(row_blocks * groups, |pieces| {
         for piece in pieces {
             let rb = piece / groups;
@@ -98,7 +119,7 @@ pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
 fn piece_rows(
     w: &Packed,
     act: &QuantRows,
-    ptr: OutPtr,
+    ptr: SharedMut<f32>,
     rows: Range<usize>,
     tiles: Range<usize>,
     isa: Isa,
@@ -144,7 +165,7 @@ fn tile_rows<const R: usize>(
 
 /// Writes the valid columns of a tile's results for rows `i0..i0 + R`.
 fn put<const R: usize>(
-    out: OutPtr,
+    out: SharedMut<f32>,
     n: usize,
     i0: usize,
     cols: &Range<usize>,
@@ -154,7 +175,7 @@ fn put<const R: usize>(
         for (c, v) in cols.clone().zip(row) {
             // SAFETY: (i0 + i, c) is inside the m × n buffer, and no other piece writes it: pieces
             // own disjoint row blocks × tile groups.
-            unsafe { *out.0.add((i0 + i) * n + c) = *v };
+            unsafe { out.part((i0 + i) * n + c, 1)[0] = *v };
         }
     }
 }

@@ -95,6 +95,22 @@ fn scale(block: &[u8]) -> f32 {
 }
 
 impl Packed {
+    /// Packs GGML bytes of an `[n, k]` matrix of `dtype` (Q8_0, Q4_0 or Q4_K).
+    pub fn from_ggml(
+        dtype: candle_core::quantized::GgmlDType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Result<Self, PackError> {
+        use candle_core::quantized::GgmlDType as D;
+        match dtype {
+            D::Q8_0 => Self::from_q8_0(bytes, n, k),
+            D::Q4_0 => Self::from_q4_0(bytes, n, k),
+            D::Q4K => Self::from_q4_k(bytes, n, k),
+            other => Err(PackError::Unsupported(format!("{other:?}"))),
+        }
+    }
+
     /// Packs GGML Q8_0 bytes of an `[n, k]` matrix.
     pub fn from_q8_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         let kb = check(bytes, n, k, BLOCK, Q8_0_BYTES, "Q8_0")?;

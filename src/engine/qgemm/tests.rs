@@ -20,13 +20,7 @@ fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (Packed, Vec<f32>
     let t = Tensor::from_vec(random(n * k, seed, 0.5), (n, k), &Device::Cpu).unwrap();
     let q = QTensor::quantize(&t, dtype).unwrap();
     let bytes = q.data().unwrap();
-    let packed = match dtype {
-        GgmlDType::Q8_0 => Packed::from_q8_0(&bytes, n, k),
-        GgmlDType::Q4_0 => Packed::from_q4_0(&bytes, n, k),
-        GgmlDType::Q4K => Packed::from_q4_k(&bytes, n, k),
-        _ => unreachable!(),
-    }
-    .unwrap();
+    let packed = Packed::from_ggml(dtype, &bytes, n, k).unwrap();
     let deq = q
         .dequantize(&Device::Cpu)
         .unwrap()
@@ -173,12 +167,7 @@ fn the_custom_op_matches_candles_quantised_matmul() {
         let (n, k) = (24, 256);
         let t = Tensor::from_vec(random(n * k, 9, 0.5), (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, dtype).unwrap();
-        let p = match dtype {
-            GgmlDType::Q8_0 => Packed::from_q8_0(&q.data().unwrap(), n, k),
-            GgmlDType::Q4_0 => Packed::from_q4_0(&q.data().unwrap(), n, k),
-            _ => Packed::from_q4_k(&q.data().unwrap(), n, k),
-        }
-        .unwrap();
+        let p = Packed::from_ggml(dtype, &q.data().unwrap(), n, k).unwrap();
         let op = PackedMatMul {
             weights: std::sync::Arc::new(p),
             isa: Isa::detect(),
@@ -218,4 +207,5 @@ fn wrong_sizes_are_refused() {
     assert!(Packed::from_q4_0(&[0u8; 18], 1, 32).is_ok());
     assert!(Packed::from_q4_k(&[0u8; 144], 1, 128).is_err());
     assert!(Packed::from_q4_k(&[0u8; 144], 1, 256).is_ok());
+    assert!(Packed::from_ggml(GgmlDType::Q6K, &[0u8; 210], 1, 256).is_err());
 }

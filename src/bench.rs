@@ -4,8 +4,9 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 
+use crate::engine::load::Hparams;
 use crate::engine::prepared::PreparedTask;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, ModelInfo, WeightFormat};
 
 /// The synthetic workload.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -48,8 +49,19 @@ pub struct BenchReport {
     pub prefix_ms: f64,
     /// Seconds of each timed run.
     pub run_seconds: Vec<f64>,
-    /// The matrix-product kernels the engine uses for Q8_0/Q4_0 weights on this CPU.
+    /// The matrix-product kernels the engine uses for the projections.
     pub kernels: String,
+    /// How the projection weights are held (`quantized`, `bf16`, `bf16-per-batch`).
+    pub weights: String,
+    /// The compute device (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Device memory in use after the runs (total − free, whole device), on CUDA; none on the CPU.
+    pub device_memory_used_bytes: Option<u64>,
+    /// Arithmetic per document token: projections `2·(2·dim² + 2·dim·kv_dim + 3·dim·ffn)` per layer
+    /// plus attention `4·dim·keys` per layer over the prefix and half the document on average.
+    pub flops_per_doc_token: f64,
+    /// `flops_per_doc_token × doc_tokens_per_s / 1e12`: the rate to hold against the device's peak.
+    pub tflops: f64,
 }
 
 /// The machine's f32 matrix-product rate, the yardstick for the engine's arithmetic rate.
@@ -160,13 +172,16 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
     let mut sorted = run_seconds.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
+    let doc_tokens_per_s = (w.docs * w.doc_tokens) as f64 / median;
+    let flops_per_doc_token = flops_per_doc_token(&info.hparams, w.prefix_tokens, w.doc_tokens);
+    let kernels = kernels(&info);
     Ok(BenchReport {
         model: info.name,
         quant: info.quant,
         threads: candle_core::utils::get_num_threads(),
         workload: w.clone(),
         docs_per_s: w.docs as f64 / median,
-        doc_tokens_per_s: (w.docs * w.doc_tokens) as f64 / median,
+        doc_tokens_per_s,
         prefix_tokens_saved: if w.uncached {
             0
         } else {
@@ -174,10 +189,52 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
         },
         prefix_ms,
         run_seconds,
-        kernels: if crate::engine::qgemm::enabled() {
-            crate::engine::qgemm::Isa::detect().name().to_string()
-        } else {
-            "candle".to_string()
-        },
+        kernels,
+        weights: info.weights.to_string(),
+        device_memory_used_bytes: device_memory_used(engine.device()),
+        device: info.device,
+        flops_per_doc_token,
+        tflops: flops_per_doc_token * doc_tokens_per_s / 1e12,
     })
+}
+
+/// Which products run the projections, as `bench` reports it.
+fn kernels(info: &ModelInfo) -> String {
+    let dense = info.weights != WeightFormat::Quantized;
+    match (info.device.as_str(), dense) {
+        ("cpu", false) if crate::engine::qgemm::enabled() => {
+            crate::engine::qgemm::Isa::detect().name().to_string()
+        }
+        ("cpu", false) => "candle".to_string(),
+        ("cpu", true) => "gemm-bf16".to_string(),
+        (_, false) => "candle-quantized".to_string(),
+        (_, true) => "cublas-bf16".to_string(),
+    }
+}
+
+/// FLOPs per document token (see [`BenchReport::flops_per_doc_token`]).
+pub fn flops_per_doc_token(hp: &Hparams, prefix_tokens: usize, doc_tokens: usize) -> f64 {
+    let (dim, kvd, ffn) = (
+        hp.dim as f64,
+        (hp.n_kv_heads * hp.head_dim()) as f64,
+        hp.ffn_dim as f64,
+    );
+    let projections = 2.0 * (2.0 * dim * dim + 2.0 * dim * kvd + 3.0 * dim * ffn);
+    let keys = prefix_tokens as f64 + doc_tokens as f64 / 2.0;
+    hp.n_layers as f64 * (projections + 4.0 * dim * keys)
+}
+
+/// Device memory in use (total − free) on a CUDA device; `None` elsewhere.
+fn device_memory_used(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        return dev
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| (total - free) as u64);
+    }
+    let _ = device;
+    None
 }

@@ -14,7 +14,7 @@ use crate::bench::BenchWorkload;
 use crate::classify::ClassifyOptions;
 use crate::config::WorkerConfig;
 use crate::engine::prepared::PreparedTask;
-use crate::engine::Engine;
+use crate::engine::{Engine, WeightFormat};
 use crate::task::TaskFile;
 use crate::tiny::{self, TinyShape};
 
@@ -52,6 +52,29 @@ pub enum Command {
     TinyModel(TinyModelArgs),
     /// Time the engine on synthetic documents; prints one JSON line.
     Bench(BenchArgs),
+    /// Check the compute device (CUDA with the `cuda` feature): batch == alone, cached prefix ==
+    /// whole prompt, and its scores against the CPU's, on generated models; one JSON line each.
+    CheckDevice(CheckDeviceArgs),
+}
+
+/// `check-device` arguments.
+#[derive(Debug, Args)]
+pub struct CheckDeviceArgs {
+    /// Quantisations of the generated models, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "q8_0,q4_0")]
+    quant: Vec<String>,
+    /// Weight formats to check, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "quantized,bf16,bf16-per-batch"
+    )]
+    weights: Vec<WeightFormat>,
+    /// Seed of the generated weights.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    #[command(flatten)]
+    shape: ShapeArgs,
 }
 
 /// `worker` arguments.
@@ -113,6 +136,10 @@ pub struct ModelArgs {
     /// The model's HuggingFace tokenizer.json.
     #[arg(long, env = "LABELMILL_TOKENIZER")]
     pub tokenizer: PathBuf,
+    /// How projection weights are held: quantized (as stored), bf16 (dequantised once at load) or
+    /// bf16-per-batch (dequantised per large product).
+    #[arg(long, env = "LABELMILL_WEIGHTS", default_value = "quantized")]
+    pub weights: WeightFormat,
 }
 
 /// `eval` arguments.
@@ -248,6 +275,9 @@ pub struct BenchArgs {
     /// Quantisation of the generated model.
     #[arg(long, default_value = "q8_0")]
     quant: String,
+    /// How projection weights are held: quantized, bf16 or bf16-per-batch.
+    #[arg(long, env = "LABELMILL_WEIGHTS", default_value = "quantized")]
+    weights: WeightFormat,
     #[command(flatten)]
     shape: ShapeArgs,
     /// Documents per run.
@@ -329,6 +359,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(a) => bench(a),
+        Command::CheckDevice(a) => check_device(a),
     }
 }
 
@@ -430,9 +461,9 @@ fn publish(a: PublishArgs) -> Result<ExitCode> {
 
 fn load_engine(m: &ModelArgs) -> Result<Engine> {
     let device = crate::device()?;
-    let engine = Engine::load(&m.model, &m.tokenizer, &device)?;
+    let engine = Engine::load_with(&m.model, &m.tokenizer, &device, m.weights)?;
     let info = engine.info();
-    tracing::info!(model = %info.name, quant = %info.quant, layers = info.hparams.n_layers, dim = info.hparams.dim,
+    tracing::info!(model = %info.name, quant = %info.quant, weights = %info.weights, device = %info.device, layers = info.hparams.n_layers, dim = info.hparams.dim,
         heads = info.hparams.n_heads, kv_heads = info.hparams.n_kv_heads, "model loaded");
     Ok(engine)
 }
@@ -487,6 +518,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
                     .compare_tokenizer
                     .clone()
                     .unwrap_or_else(|| a.model.tokenizer.clone()),
+                weights: a.model.weights,
             };
             let (engine2, tasks2) = prepared(&m2, &specs)?;
             let records2 = read(&engine2, &tasks2)?;
@@ -590,6 +622,35 @@ fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     })
 }
 
+fn check_device(a: CheckDeviceArgs) -> Result<ExitCode> {
+    let opts = crate::check_device::CheckOptions {
+        shape: TinyShape::from(&a.shape),
+        quants: a
+            .quant
+            .iter()
+            .map(|q| tiny::parse_quant(q))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?,
+        weights: a.weights,
+        seed: a.seed,
+    };
+    let device = crate::device()?;
+    let dir = tempfile::tempdir()?;
+    let reports = crate::check_device::run(&opts, &device, dir.path())?;
+    for r in &reports {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    let failed = reports.iter().filter(|r| !r.pass).count();
+    if failed > 0 {
+        eprintln!(
+            "check-device: {failed} of {} checks out of limits",
+            reports.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench(a: BenchArgs) -> Result<ExitCode> {
     if let Some(size) = a.peak {
         let report = crate::bench::peak(size, a.runs);
@@ -607,7 +668,11 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
         }
         _ => bail!("--model and --tokenizer go together"),
     };
-    let engine = load_engine(&ModelArgs { model, tokenizer })?;
+    let engine = load_engine(&ModelArgs {
+        model,
+        tokenizer,
+        weights: a.weights,
+    })?;
     let workload = BenchWorkload {
         docs: a.docs,
         doc_tokens: a.doc_tokens,

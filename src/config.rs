@@ -120,6 +120,11 @@ pub struct ModelConfig {
     pub tokenizer: PathBuf,
     /// The task file (TOML `[[task]]` tables).
     pub tasks: PathBuf,
+    /// How projection weights are held: `quantized` (as stored, the default), `bf16` (dequantised
+    /// once at load; GPUs with room for 2 bytes a weight) or `bf16-per-batch` (dequantised per large
+    /// product; GPUs without that room).
+    #[serde(default)]
+    pub weights: crate::engine::WeightFormat,
 }
 
 /// Batch closing rules and the in-flight bound.
@@ -691,6 +696,33 @@ dead_letter_routing_key = "dead"
         v.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn weight_format_defaults_to_quantized_and_is_overridable() {
+        use crate::engine::WeightFormat;
+        let c = WorkerConfig::parse(BASE, "t", vars(&[])).unwrap();
+        assert_eq!(c.model.weights, WeightFormat::Quantized);
+        let text = BASE.replace(
+            "tasks = \"tasks.toml\"",
+            "tasks = \"tasks.toml\"\nweights = \"bf16\"",
+        );
+        let c = WorkerConfig::parse(&text, "t", vars(&[])).unwrap();
+        assert_eq!(c.model.weights, WeightFormat::Bf16);
+        let c = WorkerConfig::parse(
+            BASE,
+            "t",
+            vars(&[("LABELMILL_MODEL__WEIGHTS", "bf16-per-batch")]),
+        )
+        .unwrap();
+        assert_eq!(c.model.weights, WeightFormat::Bf16PerBatch);
+        let err = WorkerConfig::parse(BASE, "t", vars(&[("LABELMILL_MODEL__WEIGHTS", "fp8")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fp8") && err.contains("bf16-per-batch"),
+            "{err}"
+        );
     }
 
     #[test]

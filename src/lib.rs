@@ -34,6 +34,7 @@
 pub mod admit;
 pub mod batch;
 pub mod bench;
+pub mod check_device;
 pub mod classify;
 pub mod cli;
 pub mod config;

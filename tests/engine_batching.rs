@@ -8,25 +8,8 @@ use labelmill::engine::Engine;
 use labelmill::task::TaskFile;
 use labelmill::tiny::TinyShape;
 
-const TASKS: &str = r#"
-[[task]]
-name = "ticket"
-preset = "llama2-chat"
-system = "You route support tickets."
-instruction = "Classify the ticket as one of: {{labels}}."
-answer_prefix = "Category:"
-labels = ["billing", "technical", "account", "other"]
-examples = [{ text = "I was charged twice", label = "billing" }]
-
-[[task]]
-name = "multi"
-template = "Ticket: {{text}}\nTeam:"
-labels = [
-  { name = "bill", verbaliser = " billing" },
-  { name = "bill-dispute", verbaliser = " billing dispute" },
-  { name = "tech", verbaliser = " technical" },
-]
-"#;
+/// Single-token labels behind a chat preset with an example, and multi-token labels.
+const TASKS: &str = labelmill::engine::equivalence::CHECK_TASKS;
 
 fn check_batch_invariance(shape: &TinyShape, quant: GgmlDType) {
     let (e, _) = engine(shape, quant, 11);

@@ -9,7 +9,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 use super::attention::{attend, AttentionInput};
 use super::kv::{KvCache, LayerKv};
 use super::load::{GgufFile, Hparams, LoadError};
-use super::matmul::Linear;
+use super::matmul::{Linear, WeightFormat};
 
 struct Block {
     attn_norm: RmsNorm,
@@ -67,8 +67,12 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Reads every tensor of `file` onto `device`.
-    pub fn load(file: &mut GgufFile, device: &Device) -> std::result::Result<Self, LoadError> {
+    /// Reads every tensor of `file` onto `device`, projections held as `weights` says.
+    pub fn load(
+        file: &mut GgufFile,
+        device: &Device,
+        weights: WeightFormat,
+    ) -> std::result::Result<Self, LoadError> {
         let hp = file.hparams.clone();
         let (dim, hd, kvd) = (hp.dim, hp.head_dim(), hp.n_kv_heads * hp.head_dim());
         let candle_err = |path: &std::path::Path| {
@@ -84,7 +88,7 @@ impl Llama {
                    shape: [usize; 2]|
          -> std::result::Result<Linear, LoadError> {
             let t = f.tensor(&name, &shape, device)?;
-            Linear::new(t).map_err(candle_err(&path))
+            Linear::with_format(t, weights).map_err(candle_err(&path))
         };
         let norm = |f: &mut GgufFile, name: String| -> std::result::Result<RmsNorm, LoadError> {
             let t = f.tensor(&name, &[dim], device)?;

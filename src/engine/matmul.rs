@@ -1,19 +1,78 @@
 //! The one seam for weight matrix products: every projection in the model goes through `Linear`.
 //!
-//! On the CPU, Q8_0, Q4_0 and Q4_K weights are re-laid once at load for the blocked kernels of
-//! [`super::qgemm`] (each weight block reused across several token rows); every other type, and
-//! every other device, goes through candle's `QMatMul`.
+//! How the weights are held is the [`WeightFormat`]:
+//! - `quantized` (default): as stored in the GGUF. On the CPU, Q8_0, Q4_0 and Q4_K weights are
+//!   re-laid once at load for the blocked kernels of [`super::qgemm`]; every other type, and every
+//!   other device, goes through candle's `QMatMul` (on CUDA its MMVQ/MMQ kernels).
+//! - `bf16`: dequantised once at load to a dense bf16 matrix on the device (2 bytes a weight: 13.5 GB
+//!   for a 7B model); products are dense (cuBLAS on CUDA). Prefill-heavy work on a GPU is compute
+//!   bound, where dense tensor-core products beat the quantised kernels.
+//! - `bf16-per-batch`: kept quantised in memory (for models whose bf16 copy does not fit, 70B); each
+//!   product dequantises its one weight into a transient bf16 buffer (freed when the product is
+//!   done, so one matrix at a time is resident) and runs dense. Every product goes this way, whatever
+//!   its row count, so a document scores the same alone as in any batch (the same arithmetic as
+//!   `bf16`, at the cost of one dequantisation per product and batch).
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::qgemm::op::PackedMatMul;
 use super::qgemm::pack::Packed;
 use super::qgemm::{self, Isa};
 
-/// A bias-free linear layer `y = x Wᵀ` with weights as stored in the GGUF file.
+/// How projection weights are held and multiplied (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightFormat {
+    /// As stored in the GGUF, quantised kernels.
+    #[default]
+    Quantized,
+    /// Dequantised to bf16 once at load, dense products.
+    Bf16,
+    /// Quantised in memory, dequantised to bf16 for each product.
+    Bf16PerBatch,
+}
+
+impl WeightFormat {
+    /// Every format, in the order the documentation lists them.
+    pub const ALL: [WeightFormat; 3] = [Self::Quantized, Self::Bf16, Self::Bf16PerBatch];
+
+    /// The configuration spelling: `quantized`, `bf16`, `bf16-per-batch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quantized => "quantized",
+            Self::Bf16 => "bf16",
+            Self::Bf16PerBatch => "bf16-per-batch",
+        }
+    }
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown `--weights` / `model.weights` value.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown weight format '{0}': expected one of quantized, bf16, bf16-per-batch")]
+pub struct UnknownWeightFormat(String);
+
+impl FromStr for WeightFormat {
+    type Err = UnknownWeightFormat;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| UnknownWeightFormat(s.to_string()))
+    }
+}
+
+/// A bias-free linear layer `y = x Wᵀ`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     inner: Inner,
@@ -23,11 +82,62 @@ pub struct Linear {
 enum Inner {
     Candle(QMatMul),
     Packed(PackedMatMul),
+    /// `[out, in]` bf16.
+    Dense(Tensor),
+    /// The quantised weight, dequantised for each product.
+    PerBatch(Arc<QTensor>),
+}
+
+/// `weight` dequantised to a dense bf16 `[out, in]` matrix on its device.
+fn dequantize_bf16(weight: &QTensor) -> Result<Tensor> {
+    let dev = weight.device();
+    if dev.is_cuda() {
+        // candle's CUDA dequantisation kernel writes f16 directly (half the bytes of its f32 one);
+        // every Q4/Q8 weight `d·q` with an f16 scale `d` is held closer by f16 than by bf16.
+        weight.dequantize_f16(&dev)?.to_dtype(DType::BF16)
+    } else {
+        weight.dequantize(&dev)?.to_dtype(DType::BF16)
+    }
+}
+
+/// `x Wᵀ` for a dense bf16 `w` (`[out, in]`): `x` is cast to bf16, the product accumulates in f32
+/// (cuBLAS's bf16 GEMM on CUDA, the gemm crate on the CPU), the result comes back in `x`'s dtype.
+fn dense_forward(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims
+        .last()
+        .expect("a product input has at least one dimension");
+    let rows = x.elem_count() / k.max(1);
+    let y = x
+        .to_dtype(DType::BF16)?
+        .reshape((rows, k))?
+        .matmul(&w.t()?)?
+        .to_dtype(x.dtype())?;
+    let mut out = dims;
+    *out.last_mut().expect("checked above") = w.dim(0)?;
+    y.reshape(out)
 }
 
 impl Linear {
-    /// Wraps a `[out, in]` weight tensor.
+    /// Wraps a `[out, in]` weight tensor, held as stored (`WeightFormat::Quantized`).
     pub fn new(weight: QTensor) -> Result<Self> {
+        Self::with_format(weight, WeightFormat::Quantized)
+    }
+
+    /// Wraps a `[out, in]` weight tensor, held as `format` says.
+    pub fn with_format(weight: QTensor, format: WeightFormat) -> Result<Self> {
+        match format {
+            WeightFormat::Quantized => Self::quantized(weight),
+            WeightFormat::Bf16 => Ok(Self {
+                inner: Inner::Dense(dequantize_bf16(&weight)?),
+            }),
+            WeightFormat::Bf16PerBatch => Ok(Self {
+                inner: Inner::PerBatch(Arc::new(weight)),
+            }),
+        }
+    }
+
+    fn quantized(weight: QTensor) -> Result<Self> {
         let (n, k) = weight.shape().dims2()?;
         let packable = matches!(weight.device(), Device::Cpu)
             && matches!(
@@ -54,6 +164,96 @@ impl Linear {
         match &self.inner {
             Inner::Candle(m) => m.forward(x),
             Inner::Packed(op) => x.contiguous()?.apply_op1_no_bwd(op),
+            Inner::Dense(w) => dense_forward(x, w),
+            Inner::PerBatch(q) => dense_forward(x, &dequantize_bf16(q)?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+
+    /// A `[n, k]` weight quantised to `dtype`, and its f32 values as candle dequantises them.
+    fn weight(dtype: GgmlDType, n: usize, k: usize) -> (QTensor, Vec<f32>) {
+        let vals: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 613) as f32 / 613.0 - 0.5) * 0.2)
+            .collect();
+        let t = Tensor::from_vec(vals, (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let deq = q.dequantize(&Device::Cpu).unwrap();
+        (q, deq.flatten_all().unwrap().to_vec1().unwrap())
+    }
+
+    fn bf16(x: f32) -> f64 {
+        half::bf16::from_f32(x).to_f64()
+    }
+
+    #[test]
+    fn bf16_formats_multiply_the_bf16_rounded_weights_and_inputs() {
+        let (n, k) = (37, 256);
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::F32,
+        ] {
+            let (q, w) = weight(dtype, n, k);
+            let q2 = QTensor::quantize(
+                &Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap(),
+                dtype,
+            )
+            .unwrap();
+            let dense = Linear::with_format(q, WeightFormat::Bf16).unwrap();
+            let per_batch = Linear::with_format(q2, WeightFormat::Bf16PerBatch).unwrap();
+            assert!(matches!(dense.inner, Inner::Dense(_)));
+            assert!(matches!(per_batch.inner, Inner::PerBatch(_)));
+            let x: Vec<f32> = (0..2 * 5 * k)
+                .map(|i| ((i % 29) as f32 - 14.0) * 0.11)
+                .collect();
+            let xt = Tensor::from_vec(x.clone(), (2, 5, k), &Device::Cpu).unwrap();
+            let y = dense.forward(&xt).unwrap();
+            assert_eq!(y.dims(), &[2, 5, n]);
+            assert_eq!(y.dtype(), DType::F32);
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            let y2: Vec<f32> = per_batch
+                .forward(&xt)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(y, y2, "{dtype:?}: the two bf16 formats are one arithmetic");
+            for r in 0..10 {
+                for c in 0..n {
+                    let (mut want, mut scale) = (0f64, 0f64);
+                    for i in 0..k {
+                        let t = bf16(x[r * k + i]) * bf16(w[c * k + i]);
+                        want += t;
+                        scale += t.abs();
+                    }
+                    let got = y[r * n + c] as f64;
+                    // f32 accumulation of exact bf16 products, then the result is rounded to bf16.
+                    let tol = scale * 2f64.powi(-8) + 1e-6;
+                    assert!(
+                        (got - want).abs() <= tol,
+                        "{dtype:?} [{r},{c}]: {got} vs {want} (tol {tol})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weight_formats_parse_and_print_as_configured() {
+        for f in WeightFormat::ALL {
+            assert_eq!(f.as_str().parse::<WeightFormat>().unwrap(), f);
+        }
+        let err = "int4".parse::<WeightFormat>().unwrap_err().to_string();
+        assert!(
+            err.contains("int4") && err.contains("bf16-per-batch"),
+            "{err}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod attention_cpu;
+pub mod equivalence;
 pub mod kv;
 pub mod llama;
 pub mod load;
@@ -32,6 +33,7 @@ use crate::task::{TaskError, TaskSpec};
 use kv::KvCache;
 use llama::{Llama, Step};
 use load::{GgufFile, Hparams, LoadError};
+pub use matmul::WeightFormat;
 use prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
 use prepared::PreparedTask;
 use scoring::LabelScores;
@@ -50,6 +52,7 @@ pub struct Engine {
     model_id: String,
     model_name: String,
     quant: candle_core::quantized::GgmlDType,
+    weights: WeightFormat,
 }
 
 /// Facts about the loaded model, for results and `bench`.
@@ -61,16 +64,30 @@ pub struct ModelInfo {
     pub id: String,
     /// Weight quantisation.
     pub quant: String,
+    /// How the projection weights are held (`quantized`, `bf16`, `bf16-per-batch`).
+    pub weights: WeightFormat,
+    /// The compute device (`cpu`, `cuda:0`).
+    pub device: String,
     /// Hyper-parameters.
     pub hparams: Hparams,
 }
 
 impl Engine {
-    /// Loads the GGUF at `model` and the tokenizer at `tokenizer` onto `device`.
+    /// Loads the GGUF at `model` and the tokenizer at `tokenizer` onto `device`, weights as stored.
     pub fn load(model: &Path, tokenizer: &Path, device: &Device) -> Result<Self, LoadError> {
+        Self::load_with(model, tokenizer, device, WeightFormat::Quantized)
+    }
+
+    /// Loads as [`Engine::load`] does, with the projection weights held as `weights` says.
+    pub fn load_with(
+        model: &Path,
+        tokenizer: &Path,
+        device: &Device,
+        weights: WeightFormat,
+    ) -> Result<Self, LoadError> {
         let mut file = GgufFile::open(model)?;
         let tokenizer = TextTokenizer::load(tokenizer, file.hparams.vocab_size)?;
-        let llama = Llama::load(&mut file, device)?;
+        let llama = Llama::load(&mut file, device, weights)?;
         let model_name = model
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -82,6 +99,7 @@ impl Engine {
             model_id: file.model_id.clone(),
             model_name,
             quant: file.quant,
+            weights,
         })
     }
 
@@ -91,8 +109,15 @@ impl Engine {
             name: self.model_name.clone(),
             id: self.model_id.clone(),
             quant: format!("{:?}", self.quant),
+            weights: self.weights,
+            device: device_name(self.model.device()),
             hparams: self.model.hparams().clone(),
         }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        self.model.device()
     }
 
     /// The tokenizer.
@@ -316,4 +341,13 @@ fn spans(lens: impl Iterator<Item = usize>) -> Vec<Range<usize>> {
         s
     })
     .collect()
+}
+
+/// `cpu`, `cuda:N` or `metal:N`: where a model runs, for reports and logs.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }

@@ -162,9 +162,12 @@ pub async fn run(
     let specs = TaskFile::load(&cfg.model.tasks)?;
     let device = crate::device()?;
     let (model, tokenizer) = (cfg.model.model.clone(), cfg.model.tokenizer.clone());
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&model, &tokenizer, &device))
-        .await
-        .expect("model loading does not panic")?;
+    let weights = cfg.model.weights;
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::load_with(&model, &tokenizer, &device, weights)
+    })
+    .await
+    .expect("model loading does not panic")?;
     let engine = Arc::new(engine);
     let tasks: Vec<PreparedTask> = specs
         .task

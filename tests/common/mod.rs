@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use candle_core::quantized::GgmlDType;
-use labelmill::engine::Engine;
+use labelmill::engine::{Engine, WeightFormat};
 use labelmill::tiny::{self, TinyShape};
 
 /// A small grouped-query-attention shape (8 query heads over 2 kv heads).
@@ -63,34 +63,30 @@ pub fn model_dir(shape: &TinyShape, quant: GgmlDType, seed: u64) -> PathBuf {
 
 /// Loads a generated model through the production loader.
 pub fn engine(shape: &TinyShape, quant: GgmlDType, seed: u64) -> (Engine, PathBuf) {
+    engine_with(shape, quant, seed, WeightFormat::Quantized)
+}
+
+/// Loads a generated model with its projection weights held as `weights` says.
+pub fn engine_with(
+    shape: &TinyShape,
+    quant: GgmlDType,
+    seed: u64,
+    weights: WeightFormat,
+) -> (Engine, PathBuf) {
     let dir = model_dir(shape, quant, seed);
-    let e = Engine::load(
+    let e = Engine::load_with(
         &dir.join("model.gguf"),
         &dir.join("tokenizer.json"),
         &candle_core::Device::Cpu,
+        weights,
     )
     .expect("load engine");
     (e, dir)
 }
 
-/// Documents of very different lengths (1 to ~300 tokens).
-pub fn varied_docs() -> Vec<String> {
-    let words = [
-        "invoice", "crash", "password", "refund", "server", "login", "the", "and", "my", "account",
-        "error", "payment", "please", "help", "today", "update", "team", "price", "slow", "delete",
-    ];
-    (0..18)
-        .map(|i| {
-            let n = [
-                1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 4, 6, 9, 30, 70, 120, 7,
-            ][i];
-            (0..n)
-                .map(|j| words[(i * 7 + j * 3) % words.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
+/// Documents of very different lengths (1 to ~300 tokens): the engine's own check documents.
+#[allow(unused_imports)]
+pub use labelmill::engine::equivalence::varied_docs;
 
 /// ‖a − b‖ / ‖b‖.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {

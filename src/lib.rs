@@ -56,7 +56,12 @@ pub mod worker;
 pub fn device() -> candle_core::Result<candle_core::Device> {
     #[cfg(feature = "cuda")]
     {
-        candle_core::Device::new_cuda(0)
+        candle_core::Device::new_cuda(0).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "cannot open CUDA device 0 (this is a `cuda` build: it needs an NVIDIA GPU, its \
+                 driver, and the CUDA 13 libraries on the library path, see scripts/cuda-env.sh): {e}"
+            ))
+        })
     }
     #[cfg(not(feature = "cuda"))]
     {

@@ -191,7 +191,8 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
         run_seconds,
         kernels,
         weights: info.weights.to_string(),
-        device_memory_used_bytes: device_memory_used(engine.device()),
+        device_memory_used_bytes: crate::engine::device_memory(engine.device())
+            .map(|(free, total)| total - free),
         device: info.device,
         flops_per_doc_token,
         tflops: flops_per_doc_token * doc_tokens_per_s / 1e12,
@@ -214,27 +215,6 @@ fn kernels(info: &ModelInfo) -> String {
 
 /// FLOPs per document token (see [`BenchReport::flops_per_doc_token`]).
 pub fn flops_per_doc_token(hp: &Hparams, prefix_tokens: usize, doc_tokens: usize) -> f64 {
-    let (dim, kvd, ffn) = (
-        hp.dim as f64,
-        (hp.n_kv_heads * hp.head_dim()) as f64,
-        hp.ffn_dim as f64,
-    );
-    let projections = 2.0 * (2.0 * dim * dim + 2.0 * dim * kvd + 3.0 * dim * ffn);
     let keys = prefix_tokens as f64 + doc_tokens as f64 / 2.0;
-    hp.n_layers as f64 * (projections + 4.0 * dim * keys)
-}
-
-/// Device memory in use (total − free) on a CUDA device; `None` elsewhere.
-fn device_memory_used(device: &candle_core::Device) -> Option<u64> {
-    #[cfg(feature = "cuda")]
-    if let candle_core::Device::Cuda(dev) = device {
-        return dev
-            .cuda_stream()
-            .context()
-            .mem_get_info()
-            .ok()
-            .map(|(free, total)| (total - free) as u64);
-    }
-    let _ = device;
-    None
+    hp.n_layers as f64 * (2.0 * hp.block_weights() as f64 + 4.0 * hp.dim as f64 * keys)
 }

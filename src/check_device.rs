@@ -54,7 +54,8 @@ impl Limits {
     }
 }
 
-/// The limits for `weights`, on [`Gaps::worst`] (probabilities, relative log-probabilities, mass).
+/// The limits for `weights`, on [`Gaps::worst`] (probabilities, relative log-probabilities, mass);
+/// `auto` is given the limits of what it resolves to before this is asked.
 ///
 /// - `quantized`: activations are quantised to int8 blocks of 32 on both sides (labelmill's CPU
 ///   kernels, candle's MMQ/MMVQ on CUDA), rounded apart at the last bit now and then; otherwise f32.
@@ -67,7 +68,7 @@ impl Limits {
 ///   way on both devices; products accumulate in f32 in an order each library chooses.
 pub fn limits(weights: WeightFormat) -> Limits {
     match weights {
-        WeightFormat::Quantized => Limits {
+        WeightFormat::Quantized | WeightFormat::Auto => Limits {
             same_device: 5e-3,
             cross_device: 1e-2,
         },
@@ -129,6 +130,8 @@ pub fn run(
         )?;
         for &weights in &opts.weights {
             let on_device = Engine::load_with(&m.model, &m.tokenizer, device, weights)?;
+            // `auto` is checked as what it resolved to on the device, on both sides.
+            let weights = on_device.info().weights;
             let on_cpu = Engine::load_with(&m.model, &m.tokenizer, &Device::Cpu, weights)?;
             let (mut batch, mut prefix, mut cross) =
                 (Gaps::default(), Gaps::default(), Gaps::default());

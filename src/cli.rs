@@ -136,8 +136,9 @@ pub struct ModelArgs {
     /// The model's HuggingFace tokenizer.json.
     #[arg(long, env = "LABELMILL_TOKENIZER")]
     pub tokenizer: PathBuf,
-    /// How projection weights are held: quantized (as stored), bf16 (dequantised once at load) or
-    /// bf16-per-batch (dequantised per large product).
+    /// How projection weights are held: quantized (as stored), bf16 (dequantised once at load),
+    /// bf16-per-batch (dequantised per product) or auto (quantized on the CPU; on a GPU bf16 where
+    /// it fits, else bf16-per-batch).
     #[arg(long, env = "LABELMILL_WEIGHTS", default_value = "quantized")]
     pub weights: WeightFormat,
 }
@@ -275,7 +276,7 @@ pub struct BenchArgs {
     /// Quantisation of the generated model.
     #[arg(long, default_value = "q8_0")]
     quant: String,
-    /// How projection weights are held: quantized, bf16 or bf16-per-batch.
+    /// How projection weights are held: quantized, bf16, bf16-per-batch or auto.
     #[arg(long, env = "LABELMILL_WEIGHTS", default_value = "quantized")]
     weights: WeightFormat,
     #[command(flatten)]

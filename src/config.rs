@@ -121,8 +121,8 @@ pub struct ModelConfig {
     /// The task file (TOML `[[task]]` tables).
     pub tasks: PathBuf,
     /// How projection weights are held: `quantized` (as stored, the default), `bf16` (dequantised
-    /// once at load; GPUs with room for 2 bytes a weight) or `bf16-per-batch` (dequantised per large
-    /// product; GPUs without that room).
+    /// once at load; GPUs with room for 2 bytes a weight), `bf16-per-batch` (dequantised per
+    /// product; GPUs without that room) or `auto` (`quantized` on the CPU, else whichever fits).
     #[serde(default)]
     pub weights: crate::engine::WeightFormat,
 }

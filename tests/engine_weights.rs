@@ -44,6 +44,8 @@ fn bf16_formats_are_one_arithmetic_close_to_the_quantized_weights() {
         let (p, _) = engine_with(&shape, quant, 11, WeightFormat::Bf16PerBatch);
         assert_eq!(b.info().weights, WeightFormat::Bf16);
         assert_eq!(p.info().weights, WeightFormat::Bf16PerBatch);
+        let (a, _) = engine_with(&shape, quant, 11, WeightFormat::Auto);
+        assert_eq!(a.info().weights, WeightFormat::Quantized, "auto on the CPU");
 
         let same = gaps_between(&p, &b);
         assert_eq!(

@@ -126,6 +126,22 @@ impl Hparams {
     pub fn head_dim(&self) -> usize {
         self.dim / self.n_heads
     }
+
+    /// Weights of one block's projections: q and o (`dim²` each), k and v (`dim·kv_dim` each),
+    /// gate, up and down (`dim·ffn` each).
+    pub fn block_weights(&self) -> u64 {
+        let (dim, kvd, ffn) = (
+            self.dim as u64,
+            (self.n_kv_heads * self.head_dim()) as u64,
+            self.ffn_dim as u64,
+        );
+        2 * dim * dim + 2 * dim * kvd + 3 * dim * ffn
+    }
+
+    /// Weights of every projection: the blocks' and the output head (`vocab·dim`).
+    pub fn projection_weights(&self) -> u64 {
+        self.n_layers as u64 * self.block_weights() + (self.vocab_size * self.dim) as u64
+    }
 }
 
 /// A GGUF file opened and checked: metadata parsed, tensors not yet read.

@@ -34,10 +34,19 @@ pub enum WeightFormat {
     Bf16,
     /// Quantised in memory, dequantised to bf16 for each product.
     Bf16PerBatch,
+    /// Chosen at load by [`WeightFormat::resolve`]: `quantized` on the CPU; on a GPU `bf16` when
+    /// the bf16 copy takes at most [`AUTO_BF16_SHARE`] of the free device memory, else
+    /// `bf16-per-batch`.
+    Auto,
 }
 
+/// The share of free device memory `auto` lets a bf16 copy of the weights take; the rest is for
+/// the prefix caches, the batch's KV and activations (a 8192-token batch of a 7B model keeps
+/// 8.6 GB of f32 keys and values).
+pub const AUTO_BF16_SHARE: f64 = 0.7;
+
 impl WeightFormat {
-    /// Every format, in the order the documentation lists them.
+    /// Every concrete format (all but `auto`), in the order the documentation lists them.
     pub const ALL: [WeightFormat; 3] = [Self::Quantized, Self::Bf16, Self::Bf16PerBatch];
 
     /// The configuration spelling: `quantized`, `bf16`, `bf16-per-batch`.
@@ -46,6 +55,20 @@ impl WeightFormat {
             Self::Quantized => "quantized",
             Self::Bf16 => "bf16",
             Self::Bf16PerBatch => "bf16-per-batch",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The concrete format for a model whose projections hold `bf16_bytes` as bf16, on a device
+    /// with `free_bytes` of memory free (`None`: the CPU, or not known). Only `auto` changes.
+    pub fn resolve(self, free_bytes: Option<u64>, bf16_bytes: u64) -> WeightFormat {
+        match (self, free_bytes) {
+            (Self::Auto, None) => Self::Quantized,
+            (Self::Auto, Some(free)) if bf16_bytes as f64 <= free as f64 * AUTO_BF16_SHARE => {
+                Self::Bf16
+            }
+            (Self::Auto, Some(_)) => Self::Bf16PerBatch,
+            (f, _) => f,
         }
     }
 }
@@ -58,7 +81,7 @@ impl std::fmt::Display for WeightFormat {
 
 /// An unknown `--weights` / `model.weights` value.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown weight format '{0}': expected one of quantized, bf16, bf16-per-batch")]
+#[error("unknown weight format '{0}': expected one of quantized, bf16, bf16-per-batch, auto")]
 pub struct UnknownWeightFormat(String);
 
 impl FromStr for WeightFormat {
@@ -67,6 +90,7 @@ impl FromStr for WeightFormat {
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
+            .chain([Self::Auto])
             .find(|f| f.as_str() == s)
             .ok_or_else(|| UnknownWeightFormat(s.to_string()))
     }
@@ -124,10 +148,11 @@ impl Linear {
         Self::with_format(weight, WeightFormat::Quantized)
     }
 
-    /// Wraps a `[out, in]` weight tensor, held as `format` says.
+    /// Wraps a `[out, in]` weight tensor, held as `format` says (`auto` is resolved per model, by
+    /// the loader; here it means `quantized`).
     pub fn with_format(weight: QTensor, format: WeightFormat) -> Result<Self> {
         match format {
-            WeightFormat::Quantized => Self::quantized(weight),
+            WeightFormat::Quantized | WeightFormat::Auto => Self::quantized(weight),
             WeightFormat::Bf16 => Ok(Self {
                 inner: Inner::Dense(dequantize_bf16(&weight)?),
             }),
@@ -246,8 +271,38 @@ mod tests {
     }
 
     #[test]
-    fn weight_formats_parse_and_print_as_configured() {
+    fn auto_picks_quantized_on_the_cpu_and_bf16_only_where_it_fits() {
+        const GB: u64 = 1 << 30;
+        let auto = WeightFormat::Auto;
+        assert_eq!(auto.resolve(None, 13 * GB), WeightFormat::Quantized);
+        // LLaMA 2 7B (13.5 GB as bf16) on an 80 GB card; 70B (138 GB) on it and on a 141 GB one.
+        assert_eq!(
+            auto.resolve(Some(79 * GB), 13 * GB + GB / 2),
+            WeightFormat::Bf16
+        );
+        assert_eq!(
+            auto.resolve(Some(79 * GB), 138 * GB),
+            WeightFormat::Bf16PerBatch
+        );
+        assert_eq!(
+            auto.resolve(Some(140 * GB), 138 * GB),
+            WeightFormat::Bf16PerBatch
+        );
+        // The boundary: at most AUTO_BF16_SHARE of the free memory.
+        assert_eq!(auto.resolve(Some(100 * GB), 70 * GB), WeightFormat::Bf16);
+        assert_eq!(
+            auto.resolve(Some(100 * GB), 71 * GB),
+            WeightFormat::Bf16PerBatch
+        );
         for f in WeightFormat::ALL {
+            assert_eq!(f.resolve(Some(GB), 100 * GB), f, "explicit formats stay");
+            assert_eq!(f.resolve(None, 0), f);
+        }
+    }
+
+    #[test]
+    fn weight_formats_parse_and_print_as_configured() {
+        for f in WeightFormat::ALL.into_iter().chain([WeightFormat::Auto]) {
             assert_eq!(f.as_str().parse::<WeightFormat>().unwrap(), f);
         }
         let err = "int4".parse::<WeightFormat>().unwrap_err().to_string();

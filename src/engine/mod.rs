@@ -64,7 +64,7 @@ pub struct ModelInfo {
     pub id: String,
     /// Weight quantisation.
     pub quant: String,
-    /// How the projection weights are held (`quantized`, `bf16`, `bf16-per-batch`).
+    /// How the projection weights are held (`quantized`, `bf16`, `bf16-per-batch`; `auto` resolved).
     pub weights: WeightFormat,
     /// The compute device (`cpu`, `cuda:0`).
     pub device: String,
@@ -78,7 +78,8 @@ impl Engine {
         Self::load_with(model, tokenizer, device, WeightFormat::Quantized)
     }
 
-    /// Loads as [`Engine::load`] does, with the projection weights held as `weights` says.
+    /// Loads as [`Engine::load`] does, with the projection weights held as `weights` says (`auto`
+    /// is resolved here, against the device's free memory).
     pub fn load_with(
         model: &Path,
         tokenizer: &Path,
@@ -87,6 +88,8 @@ impl Engine {
     ) -> Result<Self, LoadError> {
         let mut file = GgufFile::open(model)?;
         let tokenizer = TextTokenizer::load(tokenizer, file.hparams.vocab_size)?;
+        let free = device_memory(device).map(|(free, _)| free);
+        let weights = weights.resolve(free, 2 * file.hparams.projection_weights());
         let llama = Llama::load(&mut file, device, weights)?;
         let model_name = model
             .file_name()
@@ -350,4 +353,19 @@ pub fn device_name(device: &Device) -> String {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
+}
+
+/// `(free, total)` bytes of a CUDA device's memory; `None` on the CPU (or when it cannot be read).
+pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return dev
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, total)| (free as u64, total as u64));
+    }
+    let _ = device;
+    None
 }

@@ -218,3 +218,37 @@ pub fn flops_per_doc_token(hp: &Hparams, prefix_tokens: usize, doc_tokens: usize
     let keys = prefix_tokens as f64 + doc_tokens as f64 / 2.0;
     hp.n_layers as f64 * (2.0 * hp.block_weights() as f64 + 4.0 * hp.dim as f64 * keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LLaMA 2 7B's shape.
+    fn llama2_7b() -> Hparams {
+        Hparams {
+            vocab_size: 32000,
+            dim: 4096,
+            n_layers: 32,
+            n_heads: 32,
+            n_kv_heads: 32,
+            ffn_dim: 11008,
+            context_length: 4096,
+            rope_freq_base: 10000.0,
+            rms_eps: 1e-5,
+            bos_token_id: 1,
+        }
+    }
+
+    #[test]
+    fn flops_per_token_match_llama2_7b() {
+        let hp = llama2_7b();
+        // 6.48e9 projection weights in the blocks (6.74e9 parameters with embeddings and head).
+        assert_eq!(hp.block_weights() * 32, 6_476_005_376);
+        assert_eq!(hp.projection_weights(), 6_476_005_376 + 32000 * 4096);
+        // Two FLOPs a weight, plus q·k and p·v over 512 prefix keys and half of 128 document ones.
+        let f = flops_per_doc_token(&hp, 512, 128);
+        let attention = 32.0 * 4.0 * 4096.0 * 576.0;
+        assert_eq!(f, 2.0 * 6_476_005_376.0 + attention);
+        assert!((f / 1.33e10 - 1.0).abs() < 0.005, "{f:e}");
+    }
+}

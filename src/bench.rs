@@ -244,7 +244,7 @@ mod tests {
         let hp = llama2_7b();
         // 6.48e9 projection weights in the blocks (6.74e9 parameters with embeddings and head).
         assert_eq!(hp.block_weights() * 32, 6_476_005_376);
-        assert_eq!(hp.projection_weights(), 6_476_005_376 + 32000 * 4096);
+        assert_eq!(hp.projection_weights(), 6_476_005_376);
         // Two FLOPs a weight, plus q·k and p·v over 512 prefix keys and half of 128 document ones.
         let f = flops_per_doc_token(&hp, 512, 128);
         let attention = 32.0 * 4.0 * 4096.0 * 576.0;

@@ -83,13 +83,16 @@ impl Llama {
             }
         };
         let path = file.path().to_path_buf();
-        let lin = |f: &mut GgufFile,
-                   name: String,
-                   shape: [usize; 2]|
+        let lin_as = |f: &mut GgufFile,
+                      name: String,
+                      shape: [usize; 2],
+                      format: WeightFormat|
          -> std::result::Result<Linear, LoadError> {
             let t = f.tensor(&name, &shape, device)?;
-            Linear::with_format(t, weights).map_err(candle_err(&path))
+            Linear::with_format(t, format).map_err(candle_err(&path))
         };
+        let lin =
+            |f: &mut GgufFile, name: String, shape: [usize; 2]| lin_as(f, name, shape, weights);
         let norm = |f: &mut GgufFile, name: String| -> std::result::Result<RmsNorm, LoadError> {
             let t = f.tensor(&name, &[dim], device)?;
             RmsNorm::from_qtensor(t, hp.rms_eps).map_err(candle_err(&path))
@@ -117,7 +120,15 @@ impl Llama {
         } else {
             "token_embd.weight"
         };
-        let output = lin(file, out_name.into(), [hp.vocab_size, dim])?;
+        // The head stays quantised in every weight format: it runs only at the scored positions (a
+        // few rows a document), and a dense bf16 product would round the logits to 8 significant
+        // bits (±0.04 at a logit of 20), straight into the label log-probabilities.
+        let output = lin_as(
+            file,
+            out_name.into(),
+            [hp.vocab_size, dim],
+            WeightFormat::Quantized,
+        )?;
         let rope = Rope::new(&hp, hd, device).map_err(candle_err(&path))?;
         Ok(Self {
             hp,

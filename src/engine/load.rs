@@ -138,9 +138,9 @@ impl Hparams {
         2 * dim * dim + 2 * dim * kvd + 3 * dim * ffn
     }
 
-    /// Weights of every projection: the blocks' and the output head (`vocab·dim`).
+    /// Weights of every block's projections (the output head is not counted: it stays quantised).
     pub fn projection_weights(&self) -> u64 {
-        self.n_layers as u64 * self.block_weights() + (self.vocab_size * self.dim) as u64
+        self.n_layers as u64 * self.block_weights()
     }
 }
 

@@ -4,8 +4,9 @@
 //! - `quantized` (default): as stored in the GGUF. On the CPU, Q8_0, Q4_0 and Q4_K weights are
 //!   re-laid once at load for the blocked kernels of [`super::qgemm`]; every other type, and every
 //!   other device, goes through candle's `QMatMul` (on CUDA its MMVQ/MMQ kernels).
-//! - `bf16`: dequantised once at load to a dense bf16 matrix on the device (2 bytes a weight: 13.5 GB
-//!   for a 7B model); products are dense (cuBLAS on CUDA). Prefill-heavy work on a GPU is compute
+//! - `bf16`: dequantised once at load to a dense bf16 matrix on the device (2 bytes a weight: 13 GB
+//!   for a 7B model's blocks); products are dense (cuBLAS on CUDA). The output head stays quantised
+//!   in every format (see `Llama::load`). Prefill-heavy work on a GPU is compute
 //!   bound, where dense tensor-core products beat the quantised kernels.
 //! - `bf16-per-batch`: kept quantised in memory (for models whose bf16 copy does not fit, 70B); each
 //!   product dequantises its one weight into a transient bf16 buffer (freed when the product is

@@ -7,7 +7,10 @@
 #     32000) at Q4_0 and Q8_0, weights quantized and bf16 (bf16-per-batch at the largest batch),
 #     batch 1, 8, 32, 128, P = 512, L = 128: one JSON line each in bench.jsonl.
 # The binary is .device/labelmill.gz from scripts/device-pack.sh (or LABELMILL_BIN).
-# LABELMILL_DEVICE_CHECK_SMALL=1 shrinks every model (a dry run of this script on a CPU build).
+# LABELMILL_DEVICE_CHECK_SMALL=1 shrinks every model (a dry run of this script on a CPU build);
+# LABELMILL_DEVICE_QUANTS (default "q4_0 q8_0") and LABELMILL_DEVICE_BATCHES (default "1 8 32 128")
+# split the sweep over several calls. Generating one 7B-shaped model takes about a minute (1.7 s for
+# the 168M weights of the 1024-wide model on a 2-core VM).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/labelmill-device}
@@ -40,9 +43,11 @@ if [ -n "$small" ]; then
   batches=(1 8) prefix=64 doc=16
 else
   shape=(--layers 32 --dim 4096 --heads 32 --kv-heads 32 --ffn 11008 --vocab 32000 --context 4096)
-  batches=(1 8 32 128) prefix=512 doc=128
+  read -r -a batches <<<"${LABELMILL_DEVICE_BATCHES:-1 8 32 128}"
+  prefix=512 doc=128
 fi
-for quant in q4_0 q8_0; do
+read -r -a quants <<<"${LABELMILL_DEVICE_QUANTS:-q4_0 q8_0}"
+for quant in "${quants[@]}"; do
   dir=/tmp/labelmill-7b-$quant
   log "tiny-model $quant"
   "$bin" tiny-model --out "$dir" --quant "$quant" "${shape[@]}" >/dev/null 2>>"$out/steps.log" || { log "tiny-model failed"; continue; }

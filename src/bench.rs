@@ -6,7 +6,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::engine::load::Hparams;
 use crate::engine::prepared::PreparedTask;
-use crate::engine::{Engine, EngineError, ModelInfo, WeightFormat};
+use candle_core::Device;
+
+use crate::engine::{Engine, EngineError, WeightFormat};
 
 /// The synthetic workload.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -52,7 +54,7 @@ pub struct BenchReport {
     /// The matrix-product kernels the engine uses for the projections.
     pub kernels: String,
     /// How the projection weights are held (`quantized`, `bf16`, `bf16-per-batch`).
-    pub weights: String,
+    pub weights: WeightFormat,
     /// The compute device (`cpu`, `cuda:0`).
     pub device: String,
     /// Device memory in use after the runs (total − free, whole device), on CUDA; none on the CPU.
@@ -174,7 +176,7 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
     let median = sorted[sorted.len() / 2];
     let doc_tokens_per_s = (w.docs * w.doc_tokens) as f64 / median;
     let flops_per_doc_token = flops_per_doc_token(&info.hparams, w.prefix_tokens, w.doc_tokens);
-    let kernels = kernels(&info);
+    let kernels = kernels(engine.device(), info.weights);
     Ok(BenchReport {
         model: info.name,
         quant: info.quant,
@@ -190,7 +192,7 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
         prefix_ms,
         run_seconds,
         kernels,
-        weights: info.weights.to_string(),
+        weights: info.weights,
         device_memory_used_bytes: crate::engine::device_memory(engine.device())
             .map(|(free, total)| total - free),
         device: info.device,
@@ -199,17 +201,17 @@ pub fn run(engine: &Engine, w: &BenchWorkload) -> Result<BenchReport, EngineErro
     })
 }
 
-/// Which products run the projections, as `bench` reports it.
-fn kernels(info: &ModelInfo) -> String {
-    let dense = info.weights != WeightFormat::Quantized;
-    match (info.device.as_str(), dense) {
-        ("cpu", false) if crate::engine::qgemm::enabled() => {
+/// Which products run the projections on `device`, as `bench` reports it.
+fn kernels(device: &Device, weights: WeightFormat) -> String {
+    let dense = weights != WeightFormat::Quantized;
+    match (device.is_cpu(), dense) {
+        (true, false) if crate::engine::qgemm::enabled() => {
             crate::engine::qgemm::Isa::detect().name().to_string()
         }
-        ("cpu", false) => "candle".to_string(),
-        ("cpu", true) => "gemm-bf16".to_string(),
-        (_, false) => "candle-quantized".to_string(),
-        (_, true) => "cublas-bf16".to_string(),
+        (true, false) => "candle".to_string(),
+        (true, true) => "gemm-bf16".to_string(),
+        (false, false) => "candle-quantized".to_string(),
+        (false, true) => "cublas-bf16".to_string(),
     }
 }
 

@@ -4,8 +4,8 @@
 //! written side by side into one buffer (two `gemm` products, no concatenation of keys), the row
 //! part gets its mask, one fused scaled softmax runs over the whole row, and one value product
 //! over the prefix and row values side by side (copied per head: 1% of the time, and it makes a
-//! cached row sum exactly as the same prompt run whole would). Heads are independent, so the pool's threads split them; nothing
-//! inside calls back into candle.
+//! cached row sum exactly as the same prompt run whole would). Heads are independent, so the
+//! pool's threads split them; nothing inside calls back into candle.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 

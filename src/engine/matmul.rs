@@ -6,8 +6,8 @@
 //!   other device, goes through candle's `QMatMul` (on CUDA its MMVQ/MMQ kernels).
 //! - `bf16`: dequantised once at load to a dense bf16 matrix on the device (2 bytes a weight: 13 GB
 //!   for a 7B model's blocks); products are dense (cuBLAS on CUDA). The output head stays quantised
-//!   in every format (see `Llama::load`). Prefill-heavy work on a GPU is compute
-//!   bound, where dense tensor-core products beat the quantised kernels.
+//!   in every format (see `Llama::load`). Prefill-heavy work on a GPU is compute bound, where
+//!   dense tensor-core products beat the quantised kernels.
 //! - `bf16-per-batch`: kept quantised in memory (for models whose bf16 copy does not fit, 70B); each
 //!   product dequantises its one weight into a transient bf16 buffer (freed when the product is
 //!   done, so one matrix at a time is resident) and runs dense. Every product goes this way, whatever
@@ -117,8 +117,10 @@ enum Inner {
 fn dequantize_bf16(weight: &QTensor) -> Result<Tensor> {
     let dev = weight.device();
     if dev.is_cuda() {
-        // candle's CUDA dequantisation kernel writes f16 directly (half the bytes of its f32 one);
-        // every Q4/Q8 weight `d·q` with an f16 scale `d` is held closer by f16 than by bf16.
+        // candle's CUDA dequantisation kernel writes f16 directly (half the bytes of its f32 one).
+        // f16 keeps 3 more significant bits than bf16, so going through it moves a weight from
+        // the direct f32 → bf16 rounding only where the two roundings straddle a bf16 tie: at most
+        // one bf16 step, rarely; the CPU-vs-GPU check in `check-device` covers that.
         weight.dequantize_f16(&dev)?.to_dtype(DType::BF16)
     } else {
         weight.dequantize(&dev)?.to_dtype(DType::BF16)

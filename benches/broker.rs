@@ -75,12 +75,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn engine_only(dir: &Path, payloads: &[Vec<u8>]) -> f64 {
-    let engine = Engine::load(
-        &dir.join("model.gguf"),
-        &dir.join("tokenizer.json"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let engine = Engine::load(&dir.join("model.gguf"), None, &candle_core::Device::Cpu).unwrap();
     let spec = TaskFile::load(&dir.join("tasks.toml")).unwrap();
     let task = engine.prepare(&spec.task[0]).unwrap();
     engine.prefix_kv(&task).unwrap();
@@ -102,7 +97,7 @@ fn engine_only(dir: &Path, payloads: &[Vec<u8>]) -> f64 {
 
 fn config(dir: &Path, broker: &str) -> WorkerConfig {
     let text = format!(
-        "[model]\nmodel = \"model.gguf\"\ntokenizer = \"tokenizer.json\"\ntasks = \"tasks.toml\"\n\
+        "[model]\nmodel = \"model.gguf\"\ntasks = \"tasks.toml\"\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[batching]\nmax_docs = {MAX_DOCS}\n{broker}"
     );
     let p = dir.join(format!("{}.toml", unique("cfg")));

@@ -22,7 +22,7 @@ fn forward(c: &mut Criterion) {
         context: 2048,
     };
     let m = tiny::write(dir.path(), &shape, GgmlDType::Q8_0, 1).expect("tiny model");
-    let engine = Engine::load(&m.model, &m.tokenizer, &Device::Cpu).expect("load");
+    let engine = Engine::load(&m.model, None, &Device::Cpu).expect("load");
     let ids = |n: usize, salt: u32| -> Vec<u32> {
         (0..n as u32)
             .map(|i| 300 + (i * 37 + salt * 101) % 1700)

@@ -108,6 +108,26 @@ fn examples(task: &PreparedTask, tok: &TextTokenizer, n: usize, seed: u64) -> Re
     Ok(out)
 }
 
+/// Every matrix (not the norms) uniform with standard deviation 0.02, from `seed`, in name order.
+fn seed_matrices(vars: &VarMap, seed: u64) -> Result<()> {
+    let data = vars.data().lock().expect("no other user of the var map");
+    let mut names: Vec<&String> = data
+        .keys()
+        .filter(|n| !n.ends_with("norm.weight"))
+        .collect();
+    names.sort();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let a = 0.02 * 3f32.sqrt();
+    for n in names {
+        let var = &data[n];
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.random_range(-a..a))
+            .collect();
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
 /// The LLaMA forward pass in plain differentiable candle ops, with the engine's conventions:
 /// `(out, in)` weights under GGUF names, interleaved RoPE, RMSNorm, SwiGLU.
 struct Model {
@@ -118,14 +138,13 @@ struct Model {
 }
 
 impl Model {
-    fn new(shape: TinyShape, dev: &Device) -> Result<Self> {
+    fn new(shape: TinyShape, dev: &Device, seed: u64) -> Result<Self> {
         let vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&vars, DType::F32, dev);
         let (d, f, v) = (shape.dim, shape.ffn, shape.vocab);
-        let w = Init::Randn {
-            mean: 0.0,
-            stdev: 0.02,
-        };
+        // Matrices start at zero here and get seeded values below (candle's own random init
+        // draws from an unseeded generator, which made two trainings of one seed differ).
+        let w = Init::Const(0.0);
         let ones = Init::Const(1.0);
         vb.get_with_hints((v, d), "token_embd.weight", w)?;
         for i in 0..shape.layers {
@@ -145,6 +164,7 @@ impl Model {
         }
         vb.get_with_hints(d, "output_norm.weight", ones)?;
         vb.get_with_hints((v, d), "output.weight", w)?;
+        seed_matrices(&vars, seed)?;
         let hd = d / shape.heads;
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / 10_000f32.powf(2.0 * i as f32 / hd as f32))
@@ -256,16 +276,19 @@ fn main() -> Result<()> {
     }
     let tok_json = tiny::tokenizer::train_on(&corpus, s.vocab).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&a.out)?;
-    let tok_path = a.out.join("tokenizer.json");
-    std::fs::write(&tok_path, &tok_json)?;
-    let tok = TextTokenizer::load(&tok_path, s.vocab)?;
+    // Train on the tokens the written GGUF's own tokenizer gives, which is what serving uses.
+    let tok = tiny::tokenizer::from_trained(&tok_json).map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        a.out.join("tokenizer.json"),
+        tok.to_json().map_err(anyhow::Error::msg)?,
+    )?;
     let specs = TaskFile::load(&a.tasks)?;
     let spec = specs
         .task
         .iter()
         .find(|t| t.name == "ticket")
         .context("the task file has no 'ticket' task")?;
-    let task = PreparedTask::new(spec, &tok, 1, s.context)?;
+    let task = PreparedTask::new(spec, &tok, s.context)?;
     let train = examples(&task, &tok, a.train, a.seed)?;
     let held_out = examples(&task, &tok, 400, a.seed + 1000)?;
     // The same held-out tickets as labelled JSONL, for `labelmill eval`.
@@ -283,7 +306,7 @@ fn main() -> Result<()> {
         train.len()
     );
 
-    let model = Model::new(s.clone(), &dev)?;
+    let model = Model::new(s.clone(), &dev, a.seed)?;
     let mut opt = AdamW::new(
         model.vars.all_vars(),
         ParamsAdamW {

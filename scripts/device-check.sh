@@ -56,7 +56,7 @@ for quant in "${quants[@]}"; do
       if [ "$weights" = bf16-per-batch ] && [ "$b" != "${batches[-1]}" ]; then continue; fi
       docs=$((b * 2 > 16 ? b * 2 : 16))
       log "bench $quant $weights batch $b docs $docs"
-      "$bin" bench --model "$dir/model.gguf" --tokenizer "$dir/tokenizer.json" --weights "$weights" \
+      "$bin" bench --model "$dir/model.gguf" --weights "$weights" \
         --batch-size "$b" --docs "$docs" --doc-tokens "$doc" --prefix-tokens "$prefix" --runs 3 \
         >>"$out/bench.jsonl" 2>>"$out/steps.log" || log "bench failed"
     done

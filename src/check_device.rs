@@ -130,10 +130,10 @@ pub fn run(
             opts.seed,
         )?;
         for &weights in &opts.weights {
-            let on_device = Engine::load_with(&m.model, &m.tokenizer, device, weights)?;
+            let on_device = Engine::load_with(&m.model, None, device, weights)?;
             // `auto` is checked as what it resolved to on the device, on both sides.
             let weights = on_device.info().weights;
-            let on_cpu = Engine::load_with(&m.model, &m.tokenizer, &Device::Cpu, weights)?;
+            let on_cpu = Engine::load_with(&m.model, None, &Device::Cpu, weights)?;
             let (mut batch, mut prefix, mut cross) =
                 (Gaps::default(), Gaps::default(), Gaps::default());
             for spec in &specs {

@@ -1,5 +1,5 @@
 //! Command-line interface: `worker`, `publish`, `config check`, `classify`, `eval`, `tiny-model`,
-//! `bench`.
+//! `bench`, `check-device`, `inspect`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -55,6 +55,19 @@ pub enum Command {
     /// Check the compute device (CUDA with the `cuda` feature): batch == alone, cached prefix ==
     /// whole prompt, and its scores against the CPU's, on generated models; one JSON line each.
     CheckDevice(CheckDeviceArgs),
+    /// Describe a GGUF file: architecture, shape, tensor types, tokenizer, special tokens, chat
+    /// template, memory.
+    Inspect(InspectArgs),
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The GGUF file.
+    model: PathBuf,
+    /// Print one JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `check-device` arguments.
@@ -133,9 +146,10 @@ pub struct ModelArgs {
     /// A LLaMA-architecture GGUF file.
     #[arg(long, env = "LABELMILL_MODEL")]
     pub model: PathBuf,
-    /// The model's HuggingFace tokenizer.json.
+    /// A HuggingFace tokenizer.json, checked against the GGUF's own tokenizer (default: the
+    /// tokenizer the GGUF carries in its metadata).
     #[arg(long, env = "LABELMILL_TOKENIZER")]
-    pub tokenizer: PathBuf,
+    pub tokenizer: Option<PathBuf>,
     /// How projection weights are held: quantized (as stored), bf16 (dequantised once at load),
     /// bf16-per-batch (dequantised per product) or auto (quantized on the CPU; on a GPU bf16 where
     /// it fits, else bf16-per-batch).
@@ -157,7 +171,7 @@ pub struct EvalArgs {
     /// A second GGUF scored on the same data, side by side (agreement, accuracy difference).
     #[arg(long)]
     compare: Option<PathBuf>,
-    /// The second model's tokenizer (default: the first's).
+    /// The second model's tokenizer.json (default: the tokenizer its GGUF carries).
     #[arg(long)]
     compare_tokenizer: Option<PathBuf>,
     /// Print one JSON object instead of the table.
@@ -268,9 +282,9 @@ impl From<&ShapeArgs> for TinyShape {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// A GGUF to time (default: generate a tiny model with the shape flags).
-    #[arg(long, requires = "tokenizer")]
+    #[arg(long)]
     model: Option<PathBuf>,
-    /// Its tokenizer.json.
+    /// A tokenizer.json for it (default: the tokenizer the GGUF carries).
     #[arg(long, requires = "model")]
     tokenizer: Option<PathBuf>,
     /// Quantisation of the generated model.
@@ -315,11 +329,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Publish(a) => publish(a),
         Command::Config(ConfigCommand::Check(a)) => {
             let cfg = WorkerConfig::load(&a.config)?;
-            for (what, p) in [
-                ("model", &cfg.model.model),
-                ("tokenizer", &cfg.model.tokenizer),
-                ("tasks", &cfg.model.tasks),
-            ] {
+            let files = [("model", &cfg.model.model), ("tasks", &cfg.model.tasks)];
+            let tokenizer = cfg.model.tokenizer.iter().map(|t| ("tokenizer", t));
+            for (what, p) in files.into_iter().chain(tokenizer) {
                 if !p.exists() {
                     bail!("{what} file {} does not exist", p.display());
                 }
@@ -361,6 +373,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(a) => bench(a),
         Command::CheckDevice(a) => check_device(a),
+        Command::Inspect(a) => {
+            let report = crate::inspect::inspect(&a.model)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -462,7 +483,7 @@ fn publish(a: PublishArgs) -> Result<ExitCode> {
 
 fn load_engine(m: &ModelArgs) -> Result<Engine> {
     let device = crate::device()?;
-    let engine = Engine::load_with(&m.model, &m.tokenizer, &device, m.weights)?;
+    let engine = Engine::load_with(&m.model, m.tokenizer.as_deref(), &device, m.weights)?;
     let info = engine.info();
     tracing::info!(model = %info.name, quant = %info.quant, weights = %info.weights, device = %info.device, layers = info.hparams.n_layers, dim = info.hparams.dim,
         heads = info.hparams.n_heads, kv_heads = info.hparams.n_kv_heads, "model loaded");
@@ -515,10 +536,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         Some(path) => {
             let m2 = ModelArgs {
                 model: path.clone(),
-                tokenizer: a
-                    .compare_tokenizer
-                    .clone()
-                    .unwrap_or_else(|| a.model.tokenizer.clone()),
+                tokenizer: a.compare_tokenizer.clone(),
                 weights: a.model.weights,
             };
             let (engine2, tasks2) = prepared(&m2, &specs)?;
@@ -659,15 +677,14 @@ fn bench(a: BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let tmp;
-    let (model, tokenizer) = match (a.model, a.tokenizer) {
-        (Some(m), Some(t)) => (m, t),
-        (None, None) => {
+    let (model, tokenizer) = match a.model {
+        Some(m) => (m, a.tokenizer),
+        None => {
             tmp = tempfile::tempdir()?;
             let quant = tiny::parse_quant(&a.quant).map_err(anyhow::Error::msg)?;
             let m = tiny::write(tmp.path(), &TinyShape::from(&a.shape), quant, a.seed)?;
-            (m.model, m.tokenizer)
+            (m.model, None)
         }
-        _ => bail!("--model and --tokenizer go together"),
     };
     let engine = load_engine(&ModelArgs {
         model,

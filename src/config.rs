@@ -116,8 +116,10 @@ impl Lane {
 pub struct ModelConfig {
     /// A LLaMA-architecture GGUF file.
     pub model: PathBuf,
-    /// Its HuggingFace tokenizer.json.
-    pub tokenizer: PathBuf,
+    /// A HuggingFace tokenizer.json, checked against the GGUF's own tokenizer (default: the
+    /// tokenizer the GGUF carries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<PathBuf>,
     /// The task file (TOML `[[task]]` tables).
     pub tasks: PathBuf,
     /// How projection weights are held: `quantized` (as stored, the default), `bf16` (dequantised
@@ -413,11 +415,10 @@ impl WorkerConfig {
         let mut cfg = Self::parse(&text, &path.display().to_string(), std::env::vars())?;
         // Relative model and task paths are relative to the config file, not the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut cfg.model.model,
-            &mut cfg.model.tokenizer,
-            &mut cfg.model.tasks,
-        ] {
+        for p in [&mut cfg.model.model, &mut cfg.model.tasks]
+            .into_iter()
+            .chain(cfg.model.tokenizer.as_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }

@@ -11,7 +11,8 @@
 //!    +---- ack travels with the doc --- dead letter <- failures -- sink (kafka | amqp | stdout)
 //! ```
 //!
-//! - [`task`]: a task file; the prompt template split into cached prefix, document slot, suffix.
+//! - [`task`]: a task file; the prompt template (a preset, or the model's own chat template) split
+//!   into cached prefix, document slot, suffix.
 //! - [`decode`]: bytes -> [`decode::InputDoc`], every bad input class with a stable code.
 //! - [`admit`]: bytes -> a document fitted to its task, or why not (shared by classify and worker).
 //! - [`config`]: the worker's TOML configuration with `LABELMILL_*` overrides.
@@ -28,6 +29,7 @@
 //! - [`classify`]: the `labelmill classify` pipeline (JSONL in, JSONL out).
 //! - [`eval`]: `labelmill eval`: accuracy, macro-F1, calibration, model comparison, temperature fit.
 //! - [`bench`]: synthetic throughput measurement.
+//! - [`inspect`]: `labelmill inspect`: what a GGUF holds (shape, tensor types, tokenizer, template).
 //! - [`tiny`]: generated LLaMA GGUF models and tokenizers for tests and benchmarks.
 //! - [`cli`]: the command line.
 
@@ -42,6 +44,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod engine;
 pub mod eval;
+pub mod inspect;
 pub mod message;
 pub mod publish;
 pub mod shutdown;

@@ -121,7 +121,8 @@ fn compose_workers_run_their_configs() {
         );
         // The model is the one tiny-model writes, read from the volume it writes into.
         assert_eq!(cfg.model.model, out.join("model.gguf"), "{name}");
-        assert_eq!(cfg.model.tokenizer, out.join("tokenizer.json"), "{name}");
+        // The tokenizer is the one the GGUF carries.
+        assert_eq!(cfg.model.tokenizer, None, "{name}");
         assert!(
             mounts(service)
                 .iter()

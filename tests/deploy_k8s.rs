@@ -209,10 +209,8 @@ fn the_deployment_matches_the_worker_config() {
         .iter()
         .find(|m| cfg.model.model.starts_with(str_of(&m["mountPath"])))
         .expect("the model file is on a mounted volume");
-    assert!(cfg
-        .model
-        .tokenizer
-        .starts_with(str_of(&models["mountPath"])));
+    // The tokenizer is the one the GGUF carries: nothing else to stage.
+    assert_eq!(cfg.model.tokenizer, None);
     assert_eq!(models["readOnly"], true);
     let claim = &volume(&models["name"])["persistentVolumeClaim"]["claimName"];
     assert_eq!(claim, &pvc["metadata"]["name"]);

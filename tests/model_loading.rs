@@ -16,7 +16,7 @@ use labelmill::tiny::TinyShape;
 fn load(dir: &std::path::Path) -> Result<Engine, LoadError> {
     Engine::load(
         &dir.join("model.gguf"),
-        &dir.join("tokenizer.json"),
+        Some(&dir.join("tokenizer.json")),
         &Device::Cpu,
     )
 }
@@ -92,7 +92,7 @@ fn every_quantisation_loads_reads_hparams_and_scores() {
 fn missing_file() {
     let err = Engine::load(
         "/no/such/model.gguf".as_ref(),
-        "/no/tok.json".as_ref(),
+        Some("/no/tok.json".as_ref()),
         &Device::Cpu,
     )
     .err()

@@ -86,6 +86,24 @@ pub enum LoadError {
         /// Model vocabulary size.
         model: usize,
     },
+    /// The tokenizer metadata of the GGUF is missing or inconsistent.
+    #[error("{path}: tokenizer metadata '{key}': {reason}")]
+    Vocab {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key at fault.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `tokenizer.json` given beside a GGUF tokenises differently from the GGUF's own tokenizer.
+    #[error("tokenizer {path} does not belong to this model: {reason}")]
+    TokenizerMismatch {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// How they differ.
+        reason: String,
+    },
     /// A candle error while building the model.
     #[error("building the model from {path}: {source}")]
     Candle {
@@ -186,6 +204,12 @@ impl GgufFile {
                 arch,
             });
         }
+        if content.tensor_infos.is_empty() {
+            return Err(LoadError::Shape {
+                path: path.to_path_buf(),
+                reason: "the file holds no tensors (a vocabulary-only GGUF?)".into(),
+            });
+        }
         let embd = content
             .tensor_infos
             .get("token_embd.weight")
@@ -265,6 +289,23 @@ impl GgufFile {
         &self.path
     }
 
+    /// The metadata, every key.
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// Every tensor: its name, type and bytes as stored.
+    pub fn tensor_table(&self) -> Vec<(String, GgmlDType, u64)> {
+        let mut t: Vec<_> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| (name.clone(), info.ggml_dtype, tensor_bytes(info)))
+            .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+
     /// Whether the file holds a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
@@ -302,12 +343,10 @@ impl GgufFile {
 /// Rejects files whose tensor table points past the end of the file (a truncated download).
 fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result<(), LoadError> {
     for (name, info) in &content.tensor_infos {
-        let bytes =
-            info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
         let end = content
             .tensor_data_offset
             .saturating_add(info.offset)
-            .saturating_add(bytes as u64);
+            .saturating_add(tensor_bytes(info));
         if end > file_len {
             return Err(LoadError::Corrupt {
                 path: path.to_path_buf(),
@@ -318,6 +357,11 @@ fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result
         }
     }
     Ok(())
+}
+
+/// Bytes a tensor takes as stored.
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> u64 {
+    (info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()) as u64
 }
 
 /// Hash of everything that identifies the weights without reading them: metadata, tensor table, size.

@@ -73,8 +73,13 @@ pub struct ModelInfo {
 }
 
 impl Engine {
-    /// Loads the GGUF at `model` and the tokenizer at `tokenizer` onto `device`, weights as stored.
-    pub fn load(model: &Path, tokenizer: &Path, device: &Device) -> Result<Self, LoadError> {
+    /// Loads the GGUF at `model` onto `device`, weights as stored; its tokenizer is the GGUF's own,
+    /// or the `tokenizer.json` at `tokenizer` (checked against the GGUF's).
+    pub fn load(
+        model: &Path,
+        tokenizer: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         Self::load_with(model, tokenizer, device, WeightFormat::Quantized)
     }
 
@@ -82,12 +87,12 @@ impl Engine {
     /// is resolved here, against the device's free memory).
     pub fn load_with(
         model: &Path,
-        tokenizer: &Path,
+        tokenizer: Option<&Path>,
         device: &Device,
         weights: WeightFormat,
     ) -> Result<Self, LoadError> {
         let mut file = GgufFile::open(model)?;
-        let tokenizer = TextTokenizer::load(tokenizer, file.hparams.vocab_size)?;
+        let tokenizer = TextTokenizer::for_model(&file, tokenizer)?;
         let free = device_memory(device).map(|(free, _)| free);
         let weights = weights.resolve(free, 2 * file.hparams.projection_weights());
         let llama = Llama::load(&mut file, device, weights)?;
@@ -135,8 +140,7 @@ impl Engine {
 
     /// Tokenises a task for this model.
     pub fn prepare(&self, spec: &TaskSpec) -> Result<PreparedTask, TaskError> {
-        let hp = self.model.hparams();
-        PreparedTask::new(spec, &self.tokenizer, hp.bos_token_id, hp.context_length)
+        PreparedTask::new(spec, &self.tokenizer, self.model.hparams().context_length)
     }
 
     /// Runs (or fetches) the KV cache of `task`'s prefix.

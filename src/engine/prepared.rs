@@ -3,14 +3,15 @@
 use crate::task::{TaskError, TaskSpec, Truncation};
 
 use super::scoring::LabelTrie;
-use super::tokenizer::TextTokenizer;
+use super::tokenizer::{TextTokenizer, TokenizeError};
 
 /// A task ready to run: everything the engine needs, as token ids.
 #[derive(Debug, Clone)]
 pub struct PreparedTask {
     /// Task name.
     pub name: String,
-    /// BOS plus the tokens of everything before the document (the cached part).
+    /// The model's prompt start (BOS when it adds one) and the tokens of everything before the
+    /// document (the cached part).
     pub prefix_ids: Vec<u32>,
     /// Tokens between the document and the label.
     pub suffix_ids: Vec<u32>,
@@ -56,6 +57,12 @@ pub enum DocError {
     /// The tokenizer failed on this text.
     #[error("{0}")]
     Tokenize(String),
+    /// Plain-text tokenisation gave a control token (a tokenizer.json that spells one from text).
+    #[error("the document text tokenised to control token {id}; documents may not contain control tokens")]
+    SpecialToken {
+        /// The token id.
+        id: u32,
+    },
 }
 
 impl DocError {
@@ -65,6 +72,7 @@ impl DocError {
             Self::EmptyText => "empty_text",
             Self::TokenLimitExceeded { .. } => "token_limit_exceeded",
             Self::Tokenize(_) => "tokenize_failed",
+            Self::SpecialToken { .. } => "control_token_in_text",
         }
     }
 }
@@ -81,43 +89,47 @@ pub struct FittedDoc {
 }
 
 impl PreparedTask {
-    /// Tokenises `spec` with `tok`; `bos` starts the prefix; `context_length` bounds the prompt.
+    /// Tokenises `spec` with `tok` (its template with special tokens parsed); `context_length`
+    /// bounds the prompt.
     pub fn new(
         spec: &TaskSpec,
         tok: &TextTokenizer,
-        bos: u32,
         context_length: usize,
     ) -> Result<Self, TaskError> {
         let invalid = |reason: String| TaskError::Invalid {
             task: spec.name.clone(),
             reason,
         };
-        let parts = spec.prompt()?;
-        let enc = |s: &str| tok.encode(s).map_err(|e| invalid(e.to_string()));
+        let parts = spec.prompt_for(tok.chat_format())?;
+        let template = |s: &str| tok.encode_template(s).map_err(|e| invalid(e.to_string()));
         // SentencePiece-style tokenizers attach a space to the word after it ("▁word"): spaces at
         // the end of the prefix go with the document, or the model would see two spaces.
         let core = parts.prefix.trim_end_matches(' ');
         let doc_lead = parts.prefix[core.len()..].to_string();
-        let mut prefix_ids = vec![bos];
+        let mut prefix_ids = tok.start().to_vec();
         if !core.is_empty() {
-            prefix_ids.extend(enc(core)?);
+            prefix_ids.extend(template(core)?);
         }
-        let doc_context = tail(core, 32).to_string();
+        // Text is tokenised in stretches between special tokens: the document joins the stretch
+        // that ends the prefix, and nothing before it.
+        let doc_context = tail(tok.plain_tail(core), 32).to_string();
         let doc_context_ids = if doc_context.is_empty() {
             Vec::new()
         } else {
-            enc(&doc_context)?
+            tok.encode(&doc_context)
+                .map_err(|e| invalid(e.to_string()))?
         };
+        let as_template = |s: &str| tok.encode_template(s);
         let suffix_ids = if parts.suffix.is_empty() {
             Vec::new()
         } else {
             // What precedes the suffix is a document's last word: a letter stands in for it.
-            let ctx = enc(SUFFIX_CONTEXT)?;
-            match in_context(tok, SUFFIX_CONTEXT, &ctx, &parts.suffix)
+            let ctx = template(SUFFIX_CONTEXT)?;
+            match in_context(&as_template, SUFFIX_CONTEXT, &ctx, &parts.suffix)
                 .map_err(|e| invalid(e.to_string()))?
             {
                 Some(ids) => ids,
-                None => enc(&parts.suffix)?,
+                None => template(&parts.suffix)?,
             }
         };
         // Labels follow the suffix as written (its tokens alone, unlike `suffix_ids`, which are the
@@ -125,11 +137,11 @@ impl PreparedTask {
         let suffix_alone = if parts.suffix.is_empty() {
             Vec::new()
         } else {
-            enc(&parts.suffix)?
+            template(&parts.suffix)?
         };
         let mut label_ids = Vec::with_capacity(spec.labels.len());
         for l in &spec.labels {
-            let ids = label_tokens(tok, &parts.suffix, &suffix_alone, &l.verbaliser())
+            let ids = label_tokens(&as_template, &parts.suffix, &suffix_alone, &l.verbaliser())
                 .map_err(|e| invalid(e.to_string()))?;
             if ids.is_empty() {
                 return Err(invalid(format!(
@@ -232,21 +244,32 @@ impl PreparedTask {
         })
     }
 
-    /// Tokenises and fits a document text.
+    /// Tokenises and fits a document text. The text is untrusted: it is tokenised as plain text,
+    /// so it can never spell a control token (`</s>`, `<|im_end|>`) of the template around it.
     pub fn encode_doc(&self, tok: &TextTokenizer, text: &str) -> Result<FittedDoc, DocError> {
         if text.trim().is_empty() {
             return Err(DocError::EmptyText);
         }
-        let err = |e: super::tokenizer::TokenizeError| DocError::Tokenize(e.to_string());
+        let err = |e: TokenizeError| DocError::Tokenize(e.to_string());
         let text = format!("{}{text}", self.doc_lead);
-        let ids =
-            match in_context(tok, &self.doc_context, &self.doc_context_ids, &text).map_err(err)? {
-                Some(ids) => ids,
-                None => tok.encode(&text).map_err(err)?,
-            };
+        let plain = |s: &str| tok.encode(s);
+        let ids = match in_context(&plain, &self.doc_context, &self.doc_context_ids, &text)
+            .map_err(err)?
+        {
+            Some(ids) => ids,
+            None => tok.encode(&text).map_err(err)?,
+        };
+        // Plain-text tokenisation cannot produce these; if a tokenizer.json ever did, the
+        // document is refused rather than run with a forged turn marker.
+        if let Some(&id) = ids.iter().find(|&&id| tok.is_special(id)) {
+            return Err(DocError::SpecialToken { id });
+        }
         self.fit(ids)
     }
 }
+
+/// A tokenisation mode: plain text or template.
+type Encode<'a> = dyn Fn(&str) -> Result<Vec<u32>, TokenizeError> + 'a;
 
 /// Stands in for the end of a document when the suffix is tokenised.
 const SUFFIX_CONTEXT: &str = "x";
@@ -255,12 +278,12 @@ const SUFFIX_CONTEXT: &str = "x";
 /// verbaliser alone when the joint tokenisation merges across the boundary.
 /// `suffix_ids` are the suffix's tokens alone.
 fn label_tokens(
-    tok: &TextTokenizer,
+    enc: &Encode<'_>,
     suffix: &str,
     suffix_ids: &[u32],
     verbaliser: &str,
-) -> Result<Vec<u32>, super::tokenizer::TokenizeError> {
-    match in_context(tok, suffix, suffix_ids, verbaliser)? {
+) -> Result<Vec<u32>, TokenizeError> {
+    match in_context(enc, suffix, suffix_ids, verbaliser)? {
         Some(ids) => Ok(ids),
         None => {
             tracing::warn!(
@@ -268,7 +291,7 @@ fn label_tokens(
                 verbaliser,
                 "label tokenisation merges with the suffix; scoring the label tokenised alone"
             );
-            tok.encode(verbaliser)
+            enc(verbaliser)
         }
     }
 }
@@ -276,15 +299,15 @@ fn label_tokens(
 /// Tokens of `text` as they come out when `text` follows `context` (whose tokens alone are
 /// `context_ids`): `None` when the joint tokenisation merges across the boundary.
 fn in_context(
-    tok: &TextTokenizer,
+    enc: &Encode<'_>,
     context: &str,
     context_ids: &[u32],
     text: &str,
-) -> Result<Option<Vec<u32>>, super::tokenizer::TokenizeError> {
+) -> Result<Option<Vec<u32>>, TokenizeError> {
     if context.is_empty() {
-        return tok.encode(text).map(Some);
+        return enc(text).map(Some);
     }
-    let joint = tok.encode(&format!("{context}{text}"))?;
+    let joint = enc(&format!("{context}{text}"))?;
     Ok(
         (joint.len() > context_ids.len() && joint[..context_ids.len()] == *context_ids)
             .then(|| joint[context_ids.len()..].to_vec()),

@@ -118,7 +118,8 @@ pub struct TinyModel {
     pub tokenizer: PathBuf,
 }
 
-/// Writes `dir/model.gguf` (random weights, deterministic per `seed`) and `dir/tokenizer.json`.
+/// Writes `dir/model.gguf` (random weights, deterministic per `seed`, its tokenizer in the
+/// metadata) and `dir/tokenizer.json` (the same tokenizer as HF tokenizers reads it).
 pub fn write(
     dir: &Path,
     shape: &TinyShape,
@@ -172,7 +173,7 @@ fn write_files(
     tensors: Vec<(String, QTensor)>,
     tok_json: &str,
 ) -> Result<TinyModel, TinyError> {
-    let tokens = tokenizer::tokens_in_order(tok_json).map_err(TinyError::Tokenizer)?;
+    let vocab_md = tokenizer::gguf_metadata(tok_json).map_err(TinyError::Tokenizer)?;
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |e: String| TinyError::Write {
@@ -185,7 +186,7 @@ fn write_files(
     let tokenizer = dir.join("tokenizer.json");
 
     let hd = shape.dim / shape.heads;
-    let md: Vec<(&str, Value)> = vec![
+    let mut md: Vec<(&str, Value)> = vec![
         ("general.architecture", Value::String("llama".into())),
         ("general.name", Value::String(name.to_string())),
         ("general.file_type", Value::U32(file_type(quant))),
@@ -201,15 +202,8 @@ fn write_files(
         ),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.rope.freq_base", Value::F32(10_000.0)),
-        ("tokenizer.ggml.model", Value::String("llama".into())),
-        (
-            "tokenizer.ggml.tokens",
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        ("tokenizer.ggml.unknown_token_id", Value::U32(0)),
-        ("tokenizer.ggml.bos_token_id", Value::U32(1)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(2)),
     ];
+    md.extend(vocab_md);
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
 
@@ -223,7 +217,11 @@ fn write_files(
         .sync_all()
         .map_err(|e| werr(&model)(e.to_string()))?;
     fs::rename(&tmp_model, &model).map_err(|e| werr(&model)(e.to_string()))?;
-    fs::write(&tokenizer, tok_json).map_err(|e| werr(&tokenizer)(e.to_string()))?;
+    // The tokenizer.json beside it is the GGUF's own tokenizer written out (they agree by
+    // construction), for tools that want one.
+    let built = tokenizer::from_trained(tok_json).map_err(TinyError::Tokenizer)?;
+    let json = built.to_json().map_err(TinyError::Tokenizer)?;
+    fs::write(&tokenizer, json).map_err(|e| werr(&tokenizer)(e.to_string()))?;
     Ok(TinyModel { model, tokenizer })
 }
 

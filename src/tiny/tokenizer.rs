@@ -3,7 +3,14 @@
 //! Layout as in LLaMA 2's `tokenizer.json`: `<unk>`=0, `<s>`=1, `</s>`=2, the 256 byte tokens
 //! `<0x00>`..`<0xFF>` at 3..258, then the learned pieces (`▁` marks a word start).
 
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use serde_json::{json, Map, Value};
+
+use crate::engine::tokenizer::vocab::GgufVocab;
+use crate::engine::tokenizer::TextTokenizer;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, TokenizerImpl};
@@ -132,6 +139,51 @@ pub fn tokens_in_order(tokenizer_json: &str) -> Result<Vec<String>, String> {
     let mut v: Vec<(String, u32)> = tk.get_vocab(true).into_iter().collect();
     v.sort_by_key(|(_, id)| *id);
     Ok(v.into_iter().map(|(s, _)| s).collect())
+}
+
+/// The GGUF `tokenizer.*` metadata of a trained tokenizer, as LLaMA 2's files spell theirs: a
+/// `llama` vocabulary whose learned pieces score by the order they were learned (earlier pieces
+/// merge first), `<unk>` unknown, `<s>` `</s>` control, `<0xXX>` byte, fillers unused.
+pub fn gguf_metadata(tokenizer_json: &str) -> Result<Vec<(&'static str, GgufValue)>, String> {
+    let tokens = tokens_in_order(tokenizer_json)?;
+    let (mut scores, mut types) = (Vec::new(), Vec::new());
+    for (i, t) in tokens.iter().enumerate() {
+        let (score, ty) = match i {
+            0 => (0.0, 2),
+            1 | 2 => (0.0, 3),
+            _ if i < RESERVED => (0.0, 6),
+            _ if t.starts_with("<unused_") => (-1e9, 5),
+            _ => (-((i - RESERVED) as f32), 1),
+        };
+        scores.push(GgufValue::F32(score));
+        types.push(GgufValue::I32(ty));
+    }
+    Ok(vec![
+        ("tokenizer.ggml.model", GgufValue::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens",
+            GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect()),
+        ),
+        ("tokenizer.ggml.scores", GgufValue::Array(scores)),
+        ("tokenizer.ggml.token_type", GgufValue::Array(types)),
+        ("tokenizer.ggml.unknown_token_id", GgufValue::U32(0)),
+        ("tokenizer.ggml.bos_token_id", GgufValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id", GgufValue::U32(2)),
+        ("tokenizer.ggml.add_bos_token", GgufValue::Bool(true)),
+        ("tokenizer.ggml.add_eos_token", GgufValue::Bool(false)),
+    ])
+}
+
+/// The tokenizer a model written with [`gguf_metadata`] loads with: built from that metadata the
+/// way labelmill builds any GGUF's tokenizer (what training must tokenise with).
+pub fn from_trained(tokenizer_json: &str) -> Result<TextTokenizer, String> {
+    let md: HashMap<String, GgufValue> = gguf_metadata(tokenizer_json)?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let path = Path::new("<trained tokenizer>");
+    let v = GgufVocab::read(path, &md).map_err(|e| e.to_string())?;
+    TextTokenizer::from_gguf(path, &v).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

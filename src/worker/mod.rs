@@ -164,7 +164,7 @@ pub async fn run(
     let (model, tokenizer) = (cfg.model.model.clone(), cfg.model.tokenizer.clone());
     let weights = cfg.model.weights;
     let engine = tokio::task::spawn_blocking(move || {
-        Engine::load_with(&model, &tokenizer, &device, weights)
+        Engine::load_with(&model, tokenizer.as_deref(), &device, weights)
     })
     .await
     .expect("model loading does not panic")?;

@@ -76,7 +76,7 @@ pub fn engine_with(
     let dir = model_dir(shape, quant, seed);
     let e = Engine::load_with(
         &dir.join("model.gguf"),
-        &dir.join("tokenizer.json"),
+        None,
         &candle_core::Device::Cpu,
         weights,
     )
@@ -111,8 +111,6 @@ pub fn classify_command(dir: &Path, tasks: &Path) -> Command {
     cmd.arg("classify")
         .arg("--model")
         .arg(dir.join("model.gguf"))
-        .arg("--tokenizer")
-        .arg(dir.join("tokenizer.json"))
         .arg("--tasks")
         .arg(tasks);
     cmd

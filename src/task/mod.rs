@@ -1,6 +1,9 @@
 //! A classification task: a prompt template split into a cached prefix, a document slot and a suffix,
 //! plus the labels the model chooses between. Defined in TOML.
 
+pub mod chat;
+mod presets;
+
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -65,6 +68,11 @@ pub enum Preset {
     /// Plain completion: `{instruction}\n\n... Text: {{text}}\n{answer_prefix}`.
     #[serde(rename = "plain")]
     Plain,
+    /// The model's own chat template (GGUF `tokenizer.chat_template`): a system message, a user
+    /// message (instruction, examples, the document) and the generation prompt, then
+    /// `{answer_prefix}`.
+    #[serde(rename = "model")]
+    Model,
 }
 
 /// A few-shot example.
@@ -247,11 +255,22 @@ impl TaskSpec {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(self.invalid("temperature must be a positive number"));
         }
-        self.prompt().map(|_| ())
+        // The model's template is known only once a model is loaded: it is rendered then.
+        let stand_in = chat::ChatFormat {
+            template: Some(presets::CHECK_TEMPLATE.into()),
+            ..Default::default()
+        };
+        self.prompt_for(&stand_in).map(|_| ())
     }
 
-    /// Splits the rendered template at `{{text}}`.
+    /// Splits the rendered template at `{{text}}`. The `model` preset needs the model's chat
+    /// format: see [`TaskSpec::prompt_for`].
     pub fn prompt(&self) -> Result<PromptParts, TaskError> {
+        self.prompt_for(&chat::ChatFormat::default())
+    }
+
+    /// Splits the template rendered for a model whose chat format is `fmt` at `{{text}}`.
+    pub fn prompt_for(&self, fmt: &chat::ChatFormat) -> Result<PromptParts, TaskError> {
         let template = match (&self.template, self.preset) {
             (Some(_), Some(_)) => {
                 return Err(self.invalid("set either `template` or `preset`, not both"))
@@ -266,7 +285,7 @@ impl TaskSpec {
                 }
                 t.clone()
             }
-            (None, Some(p)) => self.render_preset(p),
+            (None, Some(p)) => presets::render(self, p, fmt)?,
         };
         let template = template.replace(LABELS_SLOT, &self.label_list());
         let mut parts = template.split(TEXT_SLOT);
@@ -279,57 +298,12 @@ impl TaskSpec {
         })
     }
 
-    fn label_list(&self) -> String {
+    pub(crate) fn label_list(&self) -> String {
         self.labels
             .iter()
             .map(LabelSpec::name)
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    fn render_preset(&self, preset: Preset) -> String {
-        let instruction = self.instruction.clone().unwrap_or_else(|| {
-            format!(
-                "Classify the text into one of these categories: {}.",
-                self.label_list()
-            )
-        });
-        let mut shots = String::new();
-        for e in &self.examples {
-            let verbaliser = self
-                .labels
-                .iter()
-                .find(|l| l.name() == e.label)
-                .map(LabelSpec::verbaliser)
-                .unwrap_or_default();
-            shots.push_str(&format!(
-                "Text: {}\n{}{}\n\n",
-                e.text, self.answer_prefix, verbaliser
-            ));
-        }
-        match preset {
-            Preset::Llama2Chat => {
-                let sys = match &self.system {
-                    Some(s) => format!("<<SYS>>\n{s}\n<</SYS>>\n\n"),
-                    None => String::new(),
-                };
-                format!(
-                    "[INST] {sys}{instruction}\n\n{shots}Text: {TEXT_SLOT} [/INST] {}",
-                    self.answer_prefix
-                )
-            }
-            Preset::Plain => {
-                let sys = self
-                    .system
-                    .as_ref()
-                    .map(|s| format!("{s}\n\n"))
-                    .unwrap_or_default();
-                format!(
-                    "{sys}{instruction}\n\n{shots}Text: {TEXT_SLOT}\n{}",
-                    self.answer_prefix
-                )
-            }
-        }
     }
 }
 
@@ -364,6 +338,28 @@ mod tests {
         );
         assert_eq!(p.suffix, " [/INST] Category:");
         assert_eq!(t.labels[0].verbaliser(), " a");
+    }
+
+    #[test]
+    fn model_preset_renders_the_models_chat_template() {
+        let t = one(
+            "[[task]]\nname='t'\npreset='model'\nsystem='S'\ninstruction='Pick: {{labels}}.'\n\
+             answer_prefix='Category:'\nlabels=['a','b']\nexamples=[{text='x',label='b'}]",
+        )
+        .unwrap();
+        let fmt = chat::ChatFormat {
+            template: Some(presets::CHECK_TEMPLATE.into()),
+            ..Default::default()
+        };
+        let p = t.prompt_for(&fmt).unwrap();
+        assert_eq!(
+            p.prefix,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nPick: a, b.\n\nText: x\nCategory: b\n\nText: "
+        );
+        assert_eq!(p.suffix, "<|im_end|>\n<|im_start|>assistant\nCategory:");
+        // Without the model there is no template to render.
+        let err = t.prompt().unwrap_err().to_string();
+        assert!(err.contains("no chat template"), "{err}");
     }
 
     #[test]

@@ -86,17 +86,31 @@ fn batch_invariance_gqa_f32() {
     check_batch_invariance(&gqa_shape(), GgmlDType::F32);
 }
 
+/// Every weight type labelmill loads, on a 4-layer model (deep enough for a one-ulp difference
+/// in an early layer to grow through the 8-bit activation rounding of the later ones): the cached
+/// prefix scores as the whole prompt run at once. Attention computes each query alone, in key
+/// order, so the two paths do the same arithmetic; the limit is the 1e-3 and the figures
+/// printed are 0 when the paths agree to the bit.
 #[test]
-/// On quantised weights the scores (probabilities, label mass) still agree within 1e-4. The raw
-/// label log-probabilities are held to 2e-3 relative instead: the cached and uncached paths round
-/// differently inside attention (a cascade of two softmaxes vs one), and candle rounds every
-/// activation to 8 bits before each quantised matmul, so a 1e-7 difference that crosses a rounding
-/// step becomes a step (~0.4% of a block's largest value). Deep-tail labels (log p ≈ -40) show it
-/// most. The F32 tests above hold everything to 1e-4 and show the paths are otherwise identical.
-fn prefix_cache_equivalence_gqa_q8_0() {
-    let g = prefix_equivalence_gaps(&engine(&gqa_shape(), GgmlDType::Q8_0, 3).0);
-    assert!(g.0 < 1e-4 && g.2 < 1e-4, "scores differ: {g:?}");
-    assert!(g.1 < 2e-3, "label log-probabilities differ: {g:?}");
+fn prefix_cache_equivalence_every_weight_type() {
+    use GgmlDType::*;
+    let shape = TinyShape {
+        layers: 4,
+        dim: 256,
+        heads: 8,
+        kv_heads: 2,
+        vocab: 512,
+        ffn: 512,
+        context: 1024,
+    };
+    for q in [
+        F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2K, Q3K, Q4K, Q5K, Q6K,
+    ] {
+        let g = prefix_equivalence_gaps(&engine(&shape, q, 3).0);
+        println!("{q:?}: {g:?}");
+        assert!(g.0 <= 1e-3 && g.2 <= 1e-3, "{q:?}: scores differ: {g:?}");
+        assert!(g.1 <= 1e-3, "{q:?}: label log-probabilities differ: {g:?}");
+    }
 }
 
 #[test]

@@ -1,17 +1,20 @@
 //! Attention of one row on the CPU, head by head on candle's thread pool.
 //!
-//! For each kv head: the scores against the shared prefix and against the row's own keys are
-//! written side by side into one buffer (two `gemm` products, no concatenation of keys), the row
-//! part gets its mask, one fused scaled softmax runs over the whole row, and one value product
-//! over the prefix and row values side by side (copied per head: 1% of the time, and it makes a
-//! cached row sum exactly as the same prompt run whole would). Heads are independent, so the
-//! pool's threads split them; nothing inside calls back into candle.
+//! For each kv head the prefix and row keys and values are laid side by side (`[prefix | row]`,
+//! the order one pass over the whole prompt holds them in), and each query is computed on its own:
+//! a dot product per visible key, one fused scaled softmax over the row padded to whole vectors,
+//! and the values summed in key order. A query's arithmetic therefore never depends on how many
+//! queries or keys share its pass, so a prefix token, a cached document token and the same token
+//! in the whole prompt get the same bits (a matrix product's blocking would vary with the shapes,
+//! and 8-bit activation rounding downstream turns one ulp into visible score differences). Heads are
+//! independent, so the pool's threads split them; nothing inside calls back into candle.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 use super::attention::AttentionInput;
 use super::qgemm::{Isa, SharedMut};
 use super::softmax::softmax_row;
+use super::vecops::{axpy, dot};
 
 /// A contiguous CPU f32 tensor's values.
 fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
@@ -21,45 +24,46 @@ fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `out = lhs · rhs` (`read_dst = false`) or `out += lhs · rhs`, single-threaded. Strides are in
-/// elements as (column, row) pairs; `m × k` times `k × n`.
-#[allow(clippy::too_many_arguments)]
-fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_rs: usize,
-    rhs: &[f32],
-    (rhs_cs, rhs_rs): (usize, usize),
+/// One kv head's queries `[g·t, hd]`, keys and values `[p + s, hd]` (`p` of them the prefix).
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    hd: usize,
+    p: usize,
+}
+
+/// Query `i` of `head` into `out`: scores against every visible key, one softmax over the padded
+/// row, then the values summed key by key in position order. Nothing here depends on other
+/// queries or on keys the query cannot see, so the query gets the same bits in any pass.
+fn query(
+    head: &Head,
+    i: usize,
+    mask: &[f32],
+    scores: &mut [f32],
+    out: &mut [f32],
+    scale: f32,
+    isa: Isa,
 ) {
-    debug_assert!(dst.len() >= (m - 1) * dst_rs + n && lhs.len() >= (m - 1) * lhs_rs + k);
-    debug_assert!(rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserted extents keep every access inside the three slices; dst does not
-    // overlap the inputs (it is a separate buffer).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
+    let hd = head.hd;
+    let q = &head.q[i * hd..(i + 1) * hd];
+    let key = |j: usize| &head.k[j * hd..(j + 1) * hd];
+    scores.fill(f32::NEG_INFINITY);
+    for (j, sc) in scores.iter_mut().enumerate().take(head.p) {
+        *sc = dot(q, key(j), isa);
+    }
+    for (j, m) in mask.iter().enumerate() {
+        // Masked keys stay -inf (exp gives exactly 0): no product for them at all.
+        if *m != f32::NEG_INFINITY {
+            scores[head.p + j] = dot(q, key(head.p + j), isa) + m;
+        }
+    }
+    softmax_row(scores, scale, isa);
+    out.fill(0.0);
+    for (j, w) in scores.iter().enumerate().take(head.p + mask.len()) {
+        if *w != 0.0 {
+            axpy(*w, &head.v[j * hd..(j + 1) * hd], out, isa);
+        }
     }
 }
 
@@ -105,47 +109,44 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     let mut out = vec![0f32; n_kv * gt * hd];
     let ptr = SharedMut::new(&mut out);
     let width = p + s;
+    // Score rows are padded to whole SIMD vectors with masked (-inf) keys: every visible key then
+    // falls in the vector lane its position gives, so a query's softmax sums in the same order
+    // whatever the row's total width.
+    let stride = width.next_multiple_of(8);
     candle_core::utils::barrier_pool().execute_chunked(n_kv, |heads| {
-        let mut scores = vec![0f32; gt * width];
+        let mut scores = vec![f32::NEG_INFINITY; stride];
+        let mut kbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
         let mut vbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
         for h in heads {
-            let qh = &q_s[h * gt * hd..(h + 1) * gt * hd];
             // SAFETY: head h's output slice is inside `out` and written by this call only.
             let oh = unsafe { ptr.part(h * gt * hd, gt * hd) };
             let (rkh, rvh) = (
                 &rk_s[h * s * hd..(h + 1) * s * hd],
                 &rv_s[h * s * hd..(h + 1) * s * hd],
             );
-            if p > 0 {
-                let pkh = &pk_s[h * p * hd..(h + 1) * p * hd];
-                product((gt, p, hd), &mut scores, width, false, qh, hd, pkh, (hd, 1));
-            }
-            product(
-                (gt, s, hd),
-                &mut scores[p..],
-                width,
-                false,
-                qh,
-                hd,
-                rkh,
-                (hd, 1),
-            );
-            for (i, row) in scores.chunks_exact_mut(width).enumerate() {
-                let m = &mask_s[(i % t) * s..(i % t + 1) * s];
-                row[p..].iter_mut().zip(m).for_each(|(v, m)| *v += m);
-                softmax_row(row, scale, isa);
-            }
-            // One value product over [prefix | row] keys, in the order a single pass over the
-            // whole prompt uses: the cached and uncached paths then sum in the same order.
-            let vh: &[f32] = if p > 0 {
+            // Keys and values as [prefix | row], the order one pass over the whole prompt holds.
+            let (kh, vh): (&[f32], &[f32]) = if p > 0 {
+                kbuf.clear();
+                kbuf.extend_from_slice(&pk_s[h * p * hd..(h + 1) * p * hd]);
+                kbuf.extend_from_slice(rkh);
                 vbuf.clear();
                 vbuf.extend_from_slice(&pv_s[h * p * hd..(h + 1) * p * hd]);
                 vbuf.extend_from_slice(rvh);
-                &vbuf
+                (&kbuf, &vbuf)
             } else {
-                rvh
+                (rkh, rvh)
             };
-            product((gt, hd, width), oh, hd, false, &scores, width, vh, (1, hd));
+            let heads_in = Head {
+                q: &q_s[h * gt * hd..(h + 1) * gt * hd],
+                k: kh,
+                v: vh,
+                hd,
+                p,
+            };
+            for (i, o) in oh.chunks_exact_mut(hd).enumerate() {
+                let mask = &mask_s[(i % t) * s..(i % t + 1) * s];
+                query(&heads_in, i, mask, &mut scores[..stride], o, scale, isa);
+            }
         }
     });
     drop(guards);

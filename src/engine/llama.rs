@@ -39,9 +39,9 @@ pub struct Step<'a> {
     pub rows: &'a [Range<usize>],
     /// A prefix every row continues (one sequence), read-only.
     pub shared: Option<&'a KvCache>,
-    /// Keys from an earlier packed pass and each row's span in it, placed after the row's own keys.
+    /// Keys from an earlier packed pass and each row's span in it, placed before the row's own keys.
     pub context: Option<(&'a KvCache, &'a [Range<usize>])>,
-    /// One additive mask per row, `[len, len + ctx_len]`.
+    /// One additive mask per row, `[len, ctx_len + len]`.
     pub masks: &'a [Tensor],
     /// Return this step's keys and values (for a later pass that continues these rows).
     pub keep_kv: bool,
@@ -190,9 +190,11 @@ impl Llama {
                     let c = &ctx.layers[i];
                     let cs = &spans[r];
                     let ctx_part = |x: &Tensor| x.narrow(2, cs.start, cs.len())?.contiguous();
+                    // [context | own]: the keys in the order one pass over the whole prompt and
+                    // the label would hold them, so both paths sum alike.
                     rows = LayerKv {
-                        k: Tensor::cat(&[&rows.k, &ctx_part(&c.k)?], 2)?,
-                        v: Tensor::cat(&[&rows.v, &ctx_part(&c.v)?], 2)?,
+                        k: Tensor::cat(&[&ctx_part(&c.k)?, &rows.k], 2)?,
+                        v: Tensor::cat(&[&ctx_part(&c.v)?, &rows.v], 2)?,
                     };
                 }
                 let q_r = own(&q)?.reshape((1, n_kv, group * len, hd))?;

@@ -10,18 +10,19 @@ pub fn causal(t: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(m, (t, t), device)
 }
 
-/// `[n, n + ctx]` for the label pass: keys are `[trie nodes | document context]`. Node `i` sees its
-/// trie ancestors and itself (`ancestor[i][j]`) and all `ctx` keys of its document.
-pub fn tree_then_context(ctx: usize, ancestor: &[Vec<bool>], device: &Device) -> Result<Tensor> {
+/// `[n, ctx + n]` for the label pass: keys are `[document context | trie nodes]`, the order of one
+/// pass over the whole prompt followed by the label. Node `i` sees all `ctx` keys of its document,
+/// its trie ancestors and itself (`ancestor[i][j]`).
+pub fn context_then_tree(ctx: usize, ancestor: &[Vec<bool>], device: &Device) -> Result<Tensor> {
     let n = ancestor.len();
     let m: Vec<f32> = ancestor
         .iter()
         .flat_map(|anc| {
             let tree = anc.iter().map(|&v| if v { 0.0 } else { f32::NEG_INFINITY });
-            tree.chain(std::iter::repeat_n(0.0, ctx))
+            std::iter::repeat_n(0.0, ctx).chain(tree)
         })
         .collect();
-    Tensor::from_vec(m, (n, n + ctx), device)
+    Tensor::from_vec(m, (n, ctx + n), device)
 }
 
 #[cfg(test)]
@@ -47,17 +48,17 @@ mod tests {
     }
 
     #[test]
-    fn tree_over_context() {
+    fn context_then_tree_mask() {
         // Trie: node0 (a first token), node1 child of node0, node2 another first token.
         let anc = vec![
             vec![true, false, false],
             vec![true, true, false],
             vec![false, false, true],
         ];
-        // columns: node0 node1 node2 | ctx0 ctx1
+        // columns: ctx0 ctx1 | node0 node1 node2
         assert_eq!(
-            draw(&tree_then_context(2, &anc, &Device::Cpu).unwrap()),
-            "x..xx|xx.xx|..xxx"
+            draw(&context_then_tree(2, &anc, &Device::Cpu).unwrap()),
+            "xxx..|xxxx.|xx..x"
         );
     }
 }

@@ -22,6 +22,7 @@ pub mod scoring;
 pub mod softmax;
 pub mod thread;
 pub mod tokenizer;
+pub mod vecops;
 
 use std::ops::Range;
 use std::path::Path;
@@ -304,7 +305,7 @@ impl Engine {
         let ancestors = trie.ancestors();
         let masks: Vec<Tensor> = rows
             .iter()
-            .map(|r| mask::tree_then_context(r.len(), &ancestors, dev))
+            .map(|r| mask::context_then_tree(r.len(), &ancestors, dev))
             .collect::<candle_core::Result<_>>()?;
         let out = self.model.forward(&Step {
             tokens: &Tensor::new(tokens, dev)?,

@@ -1,7 +1,7 @@
 //! The one seam for weight matrix products: every projection in the model goes through `Linear`.
 //!
 //! How the weights are held is the [`WeightFormat`]:
-//! - `quantized` (default): as stored in the GGUF. On the CPU, Q8_0, Q4_0 and Q4_K weights are
+//! - `quantized` (default): as stored in the GGUF. On the CPU, Q8_0, Q4_0, Q4_1 and Q4_K weights are
 //!   re-laid once at load for the blocked kernels of [`super::qgemm`]; every other type, and every
 //!   other device, goes through candle's `QMatMul` (on CUDA its MMVQ/MMQ kernels).
 //! - `bf16`: dequantised once at load to a dense bf16 matrix on the device (2 bytes a weight: 13 GB
@@ -170,7 +170,7 @@ impl Linear {
         let packable = matches!(weight.device(), Device::Cpu)
             && matches!(
                 weight.dtype(),
-                GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4K
+                GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K
             )
             && qgemm::enabled();
         let inner = if packable {

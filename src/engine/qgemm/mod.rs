@@ -1,4 +1,4 @@
-//! Blocked quantised matrix products for prefill: `y = x Wᵀ` with Q8_0, Q4_0 or Q4_K weights.
+//! Blocked quantised matrix products for prefill: `y = x Wᵀ` with Q8_0, Q4_0, Q4_1 or Q4_K weights.
 //!
 //! candle's CPU `QMatMul` runs one matrix-vector product per input row, so a pass over L tokens
 //! reads every weight L times. Here the activations are quantised once to 8-bit blocks

@@ -7,10 +7,10 @@
 //! land lane-wise and no horizontal sums are needed.
 //!
 //! 4-bit types keep their nibbles: byte group `h` holds chunk `h` in the low nibbles and chunk
-//! `h + 4` in the high ones. Q4_0 (`d · (q − 8)`) and Q4_K (`d·sc · q − dmin·m` per 32 values, the
-//! 6-bit scales unpacked here) both become `scale · q − min` with an f32 scale and min per row and
-//! block: 6 bits per weight in memory (GGML: 4.5), the price of one kernel without per-call
-//! unpacking. A last partial tile is padded with zero rows.
+//! `h + 4` in the high ones. Q4_0 (`d · (q − 8)`), Q4_1 (`d · q + m`) and Q4_K (`d·sc · q − dmin·m`
+//! per 32 values, the 6-bit scales unpacked here) all become `scale · q − min` with an f32 scale and
+//! min per row and block: 6 bits per weight in memory (GGML: 4.5 to 5), the price of one kernel
+//! without per-call unpacking. A last partial tile is padded with zero rows.
 
 use half::f16;
 
@@ -46,14 +46,14 @@ pub struct TileQ4 {
 pub enum Tiles {
     /// From GGML Q8_0.
     Q8(Vec<TileQ8>),
-    /// From GGML Q4_0 or Q4_K.
+    /// From GGML Q4_0, Q4_1 or Q4_K.
     Q4(Vec<TileQ4>),
 }
 
 /// Why a weight matrix could not be packed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PackError {
-    /// Only Q8_0, Q4_0 and Q4_K have kernels here.
+    /// Only Q8_0, Q4_0, Q4_1 and Q4_K have kernels here.
     #[error("no packed kernel for {0}")]
     Unsupported(String),
     /// The byte length does not match `n × k` of the type.
@@ -85,6 +85,8 @@ pub struct Packed {
 const Q8_0_BYTES: usize = 2 + BLOCK;
 /// GGML Q4_0: f16 scale + 16 bytes of nibbles (value `j` low nibble of byte `j`, `j + 16` high).
 const Q4_0_BYTES: usize = 2 + BLOCK / 2;
+/// GGML Q4_1: f16 scale, f16 offset + nibbles as Q4_0's.
+const Q4_1_BYTES: usize = 4 + BLOCK / 2;
 /// Values in a GGML Q4_K super-block.
 const QK_K: usize = 256;
 /// GGML Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
@@ -95,7 +97,7 @@ fn scale(block: &[u8]) -> f32 {
 }
 
 impl Packed {
-    /// Packs GGML bytes of an `[n, k]` matrix of `dtype` (Q8_0, Q4_0 or Q4_K).
+    /// Packs GGML bytes of an `[n, k]` matrix of `dtype` (Q8_0, Q4_0, Q4_1 or Q4_K).
     pub fn from_ggml(
         dtype: candle_core::quantized::GgmlDType,
         bytes: &[u8],
@@ -106,6 +108,7 @@ impl Packed {
         match dtype {
             D::Q8_0 => Self::from_q8_0(bytes, n, k),
             D::Q4_0 => Self::from_q4_0(bytes, n, k),
+            D::Q4_1 => Self::from_q4_1(bytes, n, k),
             D::Q4K => Self::from_q4_k(bytes, n, k),
             other => Err(PackError::Unsupported(format!("{other:?}"))),
         }
@@ -150,6 +153,25 @@ impl Packed {
                 *v = (src[2 + j % 16] >> (4 * (j / 16))) & 0x0F;
             }
             (d, 8.0 * d, q)
+        });
+        Ok(Self {
+            n,
+            k,
+            tiles: Tiles::Q4(tiles),
+        })
+    }
+
+    /// Packs GGML Q4_1 bytes of an `[n, k]` matrix (`d · q + m`: the offset is stored negated).
+    pub fn from_q4_1(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
+        let kb = check(bytes, n, k, BLOCK, Q4_1_BYTES, "Q4_1")?;
+        let tiles = pack4(n, kb, |row, b| {
+            let src = &bytes[(row * kb + b) * Q4_1_BYTES..][..Q4_1_BYTES];
+            let (d, m) = (scale(src), scale(&src[2..]));
+            let mut q = [0u8; BLOCK];
+            for (j, v) in q.iter_mut().enumerate() {
+                *v = (src[4 + j % 16] >> (4 * (j / 16))) & 0x0F;
+            }
+            (d, -m, q)
         });
         Ok(Self {
             n,

@@ -52,7 +52,12 @@ fn isas() -> Vec<Isa> {
     v
 }
 
-const TYPES: [GgmlDType; 3] = [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K];
+const TYPES: [GgmlDType; 4] = [
+    GgmlDType::Q8_0,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q4K,
+];
 
 /// (m, n, k): rows not multiples of 4 or 64, columns not of 8; k a multiple of the type's block.
 fn shapes(dtype: GgmlDType) -> Vec<(usize, usize, usize)> {

@@ -4,7 +4,9 @@
 pub mod kafka;
 pub mod manifests;
 pub mod rabbit;
+pub mod real;
 pub mod reference;
+pub mod spm_twin;
 pub mod worker;
 
 use std::path::{Path, PathBuf};

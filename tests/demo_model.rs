@@ -29,8 +29,6 @@ fn the_demo_model_routes_held_out_tickets() {
             "classify",
             "--model",
             "examples/demo/model.gguf",
-            "--tokenizer",
-            "examples/demo/tokenizer.json",
             "--tasks",
             "examples/tasks.toml",
             "--batch-size",

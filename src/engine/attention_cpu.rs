@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 use super::attention::AttentionInput;
 use super::qgemm::{Isa, SharedMut};
 use super::softmax::softmax_row;
-use super::vecops::{axpy, dot};
+use super::vecops::{self, QB};
 
 /// A contiguous CPU f32 tensor's values.
 fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
@@ -24,47 +24,54 @@ fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// One kv head's queries `[g·t, hd]`, keys and values `[p + s, hd]` (`p` of them the prefix).
+/// One kv head: queries `[g·t, hd]`, keys transposed (`hd` rows of `stride`, zero past the
+/// `p + s` keys), values `[p + s, hd]`; `p` of the keys are the shared prefix.
 struct Head<'a> {
     q: &'a [f32],
-    k: &'a [f32],
+    kt: &'a [f32],
     v: &'a [f32],
     hd: usize,
     p: usize,
+    stride: usize,
 }
 
-/// Query `i` of `head` into `out`: scores against every visible key, one softmax over the padded
-/// row, then the values summed key by key in position order. Nothing here depends on other
-/// queries or on keys the query cannot see, so the query gets the same bits in any pass.
-fn query(
+/// Queries `i0..i0 + rows` of `head` into `out` (`rows × hd`): scores against the keys any of them
+/// sees, the mask, one softmax per query over its padded row, then the weighted values. `masks`
+/// gives each query's mask row over the row part of the keys.
+fn query_block(
     head: &Head,
-    i: usize,
-    mask: &[f32],
+    (i0, rows): (usize, usize),
+    masks: &[&[f32]],
     scores: &mut [f32],
     out: &mut [f32],
     scale: f32,
     isa: Isa,
 ) {
-    let hd = head.hd;
-    let q = &head.q[i * hd..(i + 1) * hd];
-    let key = |j: usize| &head.k[j * hd..(j + 1) * hd];
-    scores.fill(f32::NEG_INFINITY);
-    for (j, sc) in scores.iter_mut().enumerate().take(head.p) {
-        *sc = dot(q, key(j), isa);
-    }
-    for (j, m) in mask.iter().enumerate() {
-        // Masked keys stay -inf (exp gives exactly 0): no product for them at all.
-        if *m != f32::NEG_INFINITY {
-            scores[head.p + j] = dot(q, key(head.p + j), isa) + m;
+    let (hd, p, stride) = (head.hd, head.p, head.stride);
+    // Keys past the last one any query of the block sees carry weight 0 for all of them.
+    let seen = masks
+        .iter()
+        .map(|m| {
+            p + m
+                .iter()
+                .rposition(|v| *v != f32::NEG_INFINITY)
+                .map_or(0, |j| j + 1)
+        })
+        .max()
+        .unwrap_or(p);
+    let computed = seen.next_multiple_of(8).min(stride);
+    let q = &head.q[i0 * hd..(i0 + rows) * hd];
+    vecops::scores(q, rows, head.kt, hd, stride, computed, scores);
+    for (r, mask) in masks.iter().enumerate() {
+        let row = &mut scores[r * stride..(r + 1) * stride];
+        for (v, m) in row[p..].iter_mut().zip(mask.iter()) {
+            *v += m;
         }
+        // Padding and keys never computed: hidden.
+        row[(p + mask.len()).min(computed)..].fill(f32::NEG_INFINITY);
+        softmax_row(row, scale, isa);
     }
-    softmax_row(scores, scale, isa);
-    out.fill(0.0);
-    for (j, w) in scores.iter().enumerate().take(head.p + mask.len()) {
-        if *w != 0.0 {
-            axpy(*w, &head.v[j * hd..(j + 1) * hd], out, isa);
-        }
-    }
+    vecops::values(scores, rows, stride, head.v, hd, seen, out);
 }
 
 /// The attention output `[1, n_kv_heads, g * t, head_dim]` (see [`AttentionInput`]).
@@ -114,38 +121,44 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     // whatever the row's total width.
     let stride = width.next_multiple_of(8);
     candle_core::utils::barrier_pool().execute_chunked(n_kv, |heads| {
-        let mut scores = vec![f32::NEG_INFINITY; stride];
-        let mut kbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
+        let mut scores = vec![f32::NEG_INFINITY; QB * stride];
+        let mut kt = vec![0f32; hd * stride];
         let mut vbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
         for h in heads {
             // SAFETY: head h's output slice is inside `out` and written by this call only.
             let oh = unsafe { ptr.part(h * gt * hd, gt * hd) };
-            let (rkh, rvh) = (
-                &rk_s[h * s * hd..(h + 1) * s * hd],
-                &rv_s[h * s * hd..(h + 1) * s * hd],
-            );
+            let rkh = &rk_s[h * s * hd..(h + 1) * s * hd];
+            let rvh = &rv_s[h * s * hd..(h + 1) * s * hd];
             // Keys and values as [prefix | row], the order one pass over the whole prompt holds.
-            let (kh, vh): (&[f32], &[f32]) = if p > 0 {
-                kbuf.clear();
-                kbuf.extend_from_slice(&pk_s[h * p * hd..(h + 1) * p * hd]);
-                kbuf.extend_from_slice(rkh);
+            let pkh = &pk_s[h * p * hd..(h + 1) * p * hd];
+            for (j, key) in pkh.chunks_exact(hd).chain(rkh.chunks_exact(hd)).enumerate() {
+                for (c, x) in key.iter().enumerate() {
+                    kt[c * stride + j] = *x;
+                }
+            }
+            let vh: &[f32] = if p > 0 {
                 vbuf.clear();
                 vbuf.extend_from_slice(&pv_s[h * p * hd..(h + 1) * p * hd]);
                 vbuf.extend_from_slice(rvh);
-                (&kbuf, &vbuf)
+                &vbuf
             } else {
-                (rkh, rvh)
+                rvh
             };
-            let heads_in = Head {
+            let head = Head {
                 q: &q_s[h * gt * hd..(h + 1) * gt * hd],
-                k: kh,
+                kt: &kt,
                 v: vh,
                 hd,
                 p,
+                stride,
             };
-            for (i, o) in oh.chunks_exact_mut(hd).enumerate() {
-                let mask = &mask_s[(i % t) * s..(i % t + 1) * s];
-                query(&heads_in, i, mask, &mut scores[..stride], o, scale, isa);
+            for i0 in (0..gt).step_by(QB) {
+                let rows = QB.min(gt - i0);
+                let masks: Vec<&[f32]> = (i0..i0 + rows)
+                    .map(|i| &mask_s[(i % t) * s..(i % t + 1) * s])
+                    .collect();
+                let o = &mut oh[i0 * hd..(i0 + rows) * hd];
+                query_block(&head, (i0, rows), &masks, &mut scores, o, scale, isa);
             }
         }
     });

@@ -1,83 +1,183 @@
-//! Dot products and scaled adds over one attention head's vectors, in a fixed arithmetic order.
+//! The two products of one attention head, for a few queries at a time, in a fixed arithmetic
+//! order.
 //!
-//! Each result depends only on its own inputs, never on how many other rows or keys there are:
-//! attention built from these gives a query the same bits in any pass (prefix alone, whole
-//! prompt, cached prefix plus document), which 8-bit activation rounding downstream would
-//! otherwise amplify from one ulp into visible score differences.
+//! Every score is `Σ_c q[c]·k[c]` as one fused multiply-add chain over `c = 0..hd`, and every
+//! output value `Σ_j p[j]·v[j][c]` one chain over `j = 0..keys`. Queries are grouped (up to
+//! [`QB`]) and keys taken eight at a time only to load each key once for several queries and to
+//! fill vector lanes; no sum is ever split or reordered by that grouping. So a query gets the same
+//! bits whatever other queries and keys share its pass (prefix alone, whole prompt, cached prefix
+//! plus document), which 8-bit activation rounding downstream would otherwise amplify from one ulp
+//! into visible score differences. The portable code runs the same chains.
 
 use super::qgemm::Isa;
 
-/// `Σ a[c]·b[c]`: eight lanes over `c` in order, then a fixed pairwise sum of the lanes (AVX2); a
-/// plain left-to-right sum otherwise.
-pub fn dot(a: &[f32], b: &[f32], isa: Isa) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot of vectors of different lengths");
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: `Isa::Avx2` is chosen only after runtime detection of AVX2 and FMA; both slices
-        // have the same length (asserted above).
-        return unsafe { avx2::dot(a, b) };
-    }
-    let _ = isa;
-    a.iter().zip(b).fold(0f32, |s, (x, y)| x.mul_add(*y, s))
-}
+/// Queries per block.
+pub const QB: usize = 4;
 
-/// `y += w·x`.
-pub fn axpy(w: f32, x: &[f32], y: &mut [f32], isa: Isa) {
-    assert_eq!(x.len(), y.len(), "axpy of vectors of different lengths");
+/// Keys per vector.
+const LANES: usize = 8;
+
+/// `out[r·stride + j] = Σ_c q[r·hd + c] · kt[c·stride + j]` for the `rows` queries of `q` (at
+/// most [`QB`]) and keys `j < keys`. `kt` holds the keys transposed, `hd` rows of `stride` values
+/// (`stride` a multiple of 8, keys past `keys` zero).
+pub fn scores(
+    q: &[f32],
+    rows: usize,
+    kt: &[f32],
+    hd: usize,
+    stride: usize,
+    keys: usize,
+    out: &mut [f32],
+) {
+    assert!(rows <= QB && q.len() >= rows * hd && out.len() >= rows * stride);
+    assert!(stride.is_multiple_of(LANES) && keys <= stride && kt.len() >= hd * stride);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        // SAFETY: as in `dot`; `x` and `y` have the same length.
-        unsafe { avx2::axpy(w, x, y) };
+    if Isa::detect() == Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected at run time; the extents are asserted above.
+        unsafe { avx2::scores(q, rows, kt, hd, stride, keys, out) };
         return;
     }
-    let _ = isa;
-    y.iter_mut()
-        .zip(x)
-        .for_each(|(yi, xi)| *yi = w.mul_add(*xi, *yi));
+    for r in 0..rows {
+        for j in 0..keys {
+            let mut s = 0f32;
+            for c in 0..hd {
+                s = q[r * hd + c].mul_add(kt[c * stride + j], s);
+            }
+            out[r * stride + j] = s;
+        }
+    }
+}
+
+/// `out[r·hd + c] = Σ_{j < keys} p[r·stride + j] · v[j·hd + c]` for `rows` (at most [`QB`])
+/// rows of weights `p` over values `v` (`keys` rows of `hd`).
+pub fn values(
+    p: &[f32],
+    rows: usize,
+    stride: usize,
+    v: &[f32],
+    hd: usize,
+    keys: usize,
+    out: &mut [f32],
+) {
+    assert!(rows <= QB && p.len() >= rows * stride && out.len() >= rows * hd);
+    assert!(keys <= stride && v.len() >= keys * hd);
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx2 && hd.is_multiple_of(LANES) {
+        // SAFETY: AVX2 and FMA were detected at run time; the extents are asserted above.
+        unsafe { avx2::values(p, rows, stride, v, hd, keys, out) };
+        return;
+    }
+    for r in 0..rows {
+        for c in 0..hd {
+            let mut s = 0f32;
+            for j in 0..keys {
+                s = p[r * stride + j].mul_add(v[j * hd + c], s);
+            }
+            out[r * hd + c] = s;
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::{LANES, QB};
+
     /// # Safety
-    /// AVX2 and FMA; `a.len() == b.len()`.
+    /// AVX2 and FMA; the extents checked by [`super::scores`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len();
-        let chunks = n / 8;
-        let mut acc = _mm256_setzero_ps();
-        for c in 0..chunks {
-            let x = _mm256_loadu_ps(a.as_ptr().add(c * 8));
-            let y = _mm256_loadu_ps(b.as_ptr().add(c * 8));
-            acc = _mm256_fmadd_ps(x, y, acc);
+    pub unsafe fn scores(
+        q: &[f32],
+        rows: usize,
+        kt: &[f32],
+        hd: usize,
+        stride: usize,
+        keys: usize,
+        out: &mut [f32],
+    ) {
+        let mut j0 = 0;
+        // Sixteen keys a step where there are: each query value loaded once for two vectors.
+        while j0 + 2 * LANES <= keys.next_multiple_of(LANES) {
+            let mut lo = [_mm256_setzero_ps(); QB];
+            let mut hi = [_mm256_setzero_ps(); QB];
+            for c in 0..hd {
+                let k0 = _mm256_loadu_ps(kt.as_ptr().add(c * stride + j0));
+                let k1 = _mm256_loadu_ps(kt.as_ptr().add(c * stride + j0 + LANES));
+                for r in 0..rows {
+                    let x = _mm256_set1_ps(*q.get_unchecked(r * hd + c));
+                    lo[r] = _mm256_fmadd_ps(x, k0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(x, k1, hi[r]);
+                }
+            }
+            for r in 0..rows {
+                let o = out.as_mut_ptr().add(r * stride + j0);
+                _mm256_storeu_ps(o, lo[r]);
+                _mm256_storeu_ps(o.add(LANES), hi[r]);
+            }
+            j0 += 2 * LANES;
         }
-        let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        let mut s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-        for i in chunks * 8..n {
-            s = a[i].mul_add(b[i], s);
+        while j0 < keys {
+            let mut acc = [_mm256_setzero_ps(); QB];
+            for c in 0..hd {
+                let k = _mm256_loadu_ps(kt.as_ptr().add(c * stride + j0));
+                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.get_unchecked(r * hd + c)), k, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                // Lanes past `keys` hold products with the zero padding: written, then ignored.
+                _mm256_storeu_ps(out.as_mut_ptr().add(r * stride + j0), *a);
+            }
+            j0 += LANES;
         }
-        s
     }
 
     /// # Safety
-    /// AVX2 and FMA; `x.len() == y.len()`.
+    /// AVX2 and FMA; `hd` a multiple of 8; the extents checked by [`super::values`].
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(w: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len();
-        let chunks = n / 8;
-        let wv = _mm256_set1_ps(w);
-        for c in 0..chunks {
-            let xp = x.as_ptr().add(c * 8);
-            let yp = y.as_mut_ptr().add(c * 8);
-            _mm256_storeu_ps(
-                yp,
-                _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp), _mm256_loadu_ps(yp)),
-            );
+    pub unsafe fn values(
+        p: &[f32],
+        rows: usize,
+        stride: usize,
+        v: &[f32],
+        hd: usize,
+        keys: usize,
+        out: &mut [f32],
+    ) {
+        let mut c0 = 0;
+        // Sixteen values a step where there are: each weight loaded once for two vectors.
+        while c0 + 2 * LANES <= hd {
+            let mut lo = [_mm256_setzero_ps(); QB];
+            let mut hi = [_mm256_setzero_ps(); QB];
+            for j in 0..keys {
+                let v0 = _mm256_loadu_ps(v.as_ptr().add(j * hd + c0));
+                let v1 = _mm256_loadu_ps(v.as_ptr().add(j * hd + c0 + LANES));
+                for r in 0..rows {
+                    let w = _mm256_set1_ps(*p.get_unchecked(r * stride + j));
+                    lo[r] = _mm256_fmadd_ps(w, v0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(w, v1, hi[r]);
+                }
+            }
+            for r in 0..rows {
+                let o = out.as_mut_ptr().add(r * hd + c0);
+                _mm256_storeu_ps(o, lo[r]);
+                _mm256_storeu_ps(o.add(LANES), hi[r]);
+            }
+            c0 += 2 * LANES;
         }
-        for i in chunks * 8..n {
-            y[i] = w.mul_add(x[i], y[i]);
+        while c0 < hd {
+            let mut acc = [_mm256_setzero_ps(); QB];
+            for j in 0..keys {
+                let vv = _mm256_loadu_ps(v.as_ptr().add(j * hd + c0));
+                for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*p.get_unchecked(r * stride + j)), vv, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(r * hd + c0), *a);
+            }
+            c0 += LANES;
         }
     }
 }
@@ -92,35 +192,65 @@ mod tests {
             .collect()
     }
 
+    /// Keys `[n, hd]` transposed into `hd` rows of `stride`, zero-padded.
+    fn transpose(k: &[f32], n: usize, hd: usize, stride: usize) -> Vec<f32> {
+        let mut t = vec![0f32; hd * stride];
+        for j in 0..n {
+            for c in 0..hd {
+                t[c * stride + j] = k[j * hd + c];
+            }
+        }
+        t
+    }
+
     #[test]
-    fn dot_and_axpy_match_f64_on_every_isa() {
-        for isa in [Isa::Portable, Isa::detect()] {
-            for n in [1, 7, 8, 64, 67, 128] {
-                let (a, b) = (data(n, 1), data(n, 2));
-                let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-                assert!(
-                    (dot(&a, &b, isa) as f64 - want).abs() < 1e-5,
-                    "{isa:?} n {n}"
-                );
-                let mut y = b.clone();
-                axpy(0.75, &a, &mut y, isa);
-                for i in 0..n {
-                    assert!((y[i] - (b[i] + 0.75 * a[i])).abs() < 1e-6);
-                }
+    fn products_match_f64() {
+        let (hd, n, stride) = (64, 19, 24);
+        let (q, k, v) = (data(3 * hd, 1), data(n * hd, 2), data(n * hd, 3));
+        let kt = transpose(&k, n, hd, stride);
+        let mut s = vec![0f32; 3 * stride];
+        scores(&q, 3, &kt, hd, stride, n, &mut s);
+        let mut o = vec![0f32; 3 * hd];
+        values(&s, 3, stride, &v, hd, n, &mut o);
+        for r in 0..3 {
+            for j in 0..n {
+                let want: f64 = (0..hd)
+                    .map(|c| q[r * hd + c] as f64 * k[j * hd + c] as f64)
+                    .sum();
+                assert!((s[r * stride + j] as f64 - want).abs() < 1e-5);
+            }
+            for c in 0..hd {
+                let want: f64 = (0..n)
+                    .map(|j| s[r * stride + j] as f64 * v[j * hd + c] as f64)
+                    .sum();
+                assert!((o[r * hd + c] as f64 - want).abs() < 1e-4);
             }
         }
     }
 
+    /// One query's results do not depend on the other queries of its block, on how many keys
+    /// beyond its own are present (zero-weighted), or on the instruction set.
     #[test]
-    fn a_dot_depends_only_on_its_own_inputs() {
-        // The same vectors inside differently sized buffers, at different offsets: same bits.
-        let isa = Isa::detect();
-        let (a, b) = (data(64, 3), data(64, 4));
-        let mut big = data(64 * 5, 5);
-        big[128..192].copy_from_slice(&b);
-        assert_eq!(
-            dot(&a, &b, isa).to_bits(),
-            dot(&a, &big[128..192], isa).to_bits()
-        );
+    fn a_query_gets_the_same_bits_in_any_company() {
+        let hd = 64;
+        let (q, k, v) = (data(QB * hd, 4), data(40 * hd, 5), data(40 * hd, 6));
+        let one = |rows: usize, keys: usize, stride: usize| {
+            let kt = transpose(&k, keys, hd, stride);
+            let mut s = vec![0f32; rows * stride];
+            scores(&q[..rows * hd], rows, &kt, hd, stride, keys, &mut s);
+            // Weights: the first 13 keys visible to query 0, the rest zero.
+            let mut p = vec![0f32; rows * stride];
+            p[..13].copy_from_slice(&s[..13]);
+            let mut o = vec![0f32; rows * hd];
+            values(&p, rows, stride, &v[..keys * hd], hd, keys, &mut o);
+            (s[..13].to_vec(), o[..hd].to_vec())
+        };
+        let alone = one(1, 13, 16);
+        for (rows, keys, stride) in [(QB, 13, 16), (2, 40, 40), (QB, 33, 40)] {
+            let (s, o) = one(rows, keys, stride);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&s), bits(&alone.0), "scores, {rows} rows {keys} keys");
+            assert_eq!(bits(&o), bits(&alone.1), "values, {rows} rows {keys} keys");
+        }
     }
 }

@@ -16,12 +16,17 @@ use labelmill::engine::prepared::PreparedTask;
 use labelmill::engine::Engine;
 use labelmill::task::TaskFile;
 
+/// A top label counts as clear when llama.cpp's two most probable labels are this far apart: above
+/// the largest |Δp| of any label seen between two faithful runs of the Q4_1 file (7.7e-2, labelmill
+/// against the fixture), so 8-bit rounding noise alone cannot swap them.
+const DECIDED: f64 = 0.1;
+
 /// How labelmill's label probabilities compare with llama.cpp's over a fixture.
 #[derive(Debug, Default)]
 struct Agreement {
     prompts: usize,
     top_label_same: usize,
-    /// Prompts where llama.cpp's two most probable labels are at least 0.05 apart.
+    /// Prompts where llama.cpp's two most probable labels are at least [`DECIDED`] apart.
     decided: usize,
     /// ... and of those, where labelmill's top label is llama.cpp's.
     decided_same: usize,
@@ -90,7 +95,7 @@ fn against_llamacpp(
         a.top_label_same += usize::from(same);
         let mut sorted = want.clone();
         sorted.sort_by(|x, y| y.total_cmp(x));
-        if sorted[0] - sorted[1] >= 0.05 {
+        if sorted[0] - sorted[1] >= DECIDED {
             a.decided += 1;
             a.decided_same += usize::from(same);
         }
@@ -115,7 +120,7 @@ fn softmax(lp: &[f64]) -> Vec<f64> {
 fn report(name: &str, a: &Agreement) {
     eprintln!(
         "{name} vs llama.cpp: {} prompts, top label same on {} ({} of {} where llama.cpp's top two \
-         labels are 0.05 apart), label KL mean {:.2e} max {:.2e}, max |Δp| {:.2e}",
+         labels are {DECIDED} apart), label KL mean {:.2e} max {:.2e}, max |Δp| {:.2e}",
         a.prompts, a.top_label_same, a.decided_same, a.decided, a.kl_mean, a.kl_max, a.max_abs_p
     );
     assert!(a.prompts >= 30, "{name}: {a:?}");
@@ -179,9 +184,10 @@ fn smollm2_f32_scores_as_llamacpp_does() {
 
 /// The file as shipped (Q4_1 projections, Q8_0 embeddings): the tokens are llama.cpp's exactly;
 /// the probabilities agree within the noise 8-bit activation rounding gives any implementation.
-/// llama.cpp's own Q4_1 run is that far from the exact (F32) arithmetic: label KL mean 1.5e-3,
-/// max 3.0e-2, two top labels of 90 different (BENCHMARKS.md, "Against llama.cpp on a real
-/// model"), so the limits here are set at that floor, not below it.
+/// llama.cpp's own Q4_1 run is that far from the exact (F32) arithmetic (label KL mean 1.5e-3,
+/// max 3.0e-2, two top labels of 90 different) and from the same llama.cpp built for another CPU
+/// (1.6e-3, 2.0e-2, two of 90; BENCHMARKS.md, "Against llama.cpp on a real model"), so the limits
+/// here are set at that floor, not below it.
 #[test]
 fn smollm2_q4_1_scores_within_llamacpps_own_quantisation_noise() {
     let e = Engine::load(&smollm2(), None, &Device::Cpu).unwrap();

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use labelmill::engine::isa::Isa;
 use labelmill::engine::qgemm::op::PackedMatMul;
 use labelmill::engine::qgemm::pack::Packed;
-use labelmill::engine::qgemm::Isa;
 
 fn qgemm(c: &mut Criterion) {
     let (m, n, k) = (128usize, 2816usize, 1024usize);

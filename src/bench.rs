@@ -206,7 +206,7 @@ fn kernels(device: &Device, weights: WeightFormat) -> String {
     let dense = weights != WeightFormat::Quantized;
     match (device.is_cpu(), dense) {
         (true, false) if crate::engine::qgemm::enabled() => {
-            crate::engine::qgemm::Isa::detect().name().to_string()
+            crate::engine::isa::Isa::detect().name().to_string()
         }
         (true, false) => "candle".to_string(),
         (true, true) => "gemm-bf16".to_string(),

@@ -12,21 +12,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use super::kv::LayerKv;
-
-/// Attention inputs for one row. `g = n_heads / n_kv_heads` query heads share each kv head.
-pub struct AttentionInput<'a> {
-    /// Queries `[1, n_kv_heads, g * t, head_dim]` (query head `h` belongs to kv head `h / g`).
-    pub q: &'a Tensor,
-    /// The shared prefix `[1, n_kv_heads, p, head_dim]`, visible to every query; `None` when `p = 0`.
-    pub shared: Option<&'a LayerKv>,
-    /// The row's own keys and values `[1, n_kv_heads, s, head_dim]`.
-    pub rows: &'a LayerKv,
-    /// Additive mask `[t, s]` over the row's keys (0 = visible, -inf = hidden).
-    pub mask: &'a Tensor,
-    /// Query heads per kv head.
-    pub group: usize,
-}
+pub use super::attention_input::AttentionInput;
 
 /// Returns the attention output `[1, n_kv_heads, g * t, head_dim]`.
 pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
@@ -67,6 +53,7 @@ fn attend_candle(inp: &AttentionInput) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::kv::LayerKv;
     use candle_core::{DType, Device};
 
     /// Cascade attention equals plain softmax attention over the concatenated keys.

@@ -11,8 +11,9 @@
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
-use super::attention::AttentionInput;
-use super::qgemm::{Isa, SharedMut};
+use super::attention_input::AttentionInput;
+use super::isa::Isa;
+use super::shared_out::SharedMut;
 use super::softmax::softmax_row;
 use super::vecops::{self, QB};
 

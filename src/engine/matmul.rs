@@ -20,9 +20,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
+use super::isa::Isa;
+use super::qgemm;
 use super::qgemm::op::PackedMatMul;
 use super::qgemm::pack::Packed;
-use super::qgemm::{self, Isa};
 
 /// How projection weights are held and multiplied (see the module documentation).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -8,8 +8,10 @@
 //!    of the prefix and the row's own KV from pass 1, under a tree mask.
 
 pub mod attention;
-pub mod attention_cpu;
+pub(crate) mod attention_cpu;
+pub mod attention_input;
 pub mod equivalence;
+pub mod isa;
 pub mod kv;
 pub mod llama;
 pub mod load;
@@ -19,10 +21,11 @@ pub mod prefix_cache;
 pub mod prepared;
 pub mod qgemm;
 pub mod scoring;
-pub mod softmax;
+pub(crate) mod shared_out;
+pub(crate) mod softmax;
 pub mod thread;
 pub mod tokenizer;
-pub mod vecops;
+pub(crate) mod vecops;
 
 use std::ops::Range;
 use std::path::Path;

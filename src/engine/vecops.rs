@@ -9,7 +9,7 @@
 //! plus document), which 8-bit activation rounding downstream would otherwise amplify from one ulp
 //! into visible score differences. The portable code runs the same chains.
 
-use super::qgemm::Isa;
+use super::isa::Isa;
 
 /// Queries per block.
 pub const QB: usize = 4;
@@ -32,8 +32,9 @@ pub fn scores(
     assert!(rows <= QB && q.len() >= rows * hd && out.len() >= rows * stride);
     assert!(stride.is_multiple_of(LANES) && keys <= stride && kt.len() >= hd * stride);
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 {
-        // SAFETY: AVX2 and FMA were detected at run time; the extents are asserted above.
+    if Isa::detect().is_avx2() {
+        // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the extents
+        // are asserted above.
         unsafe { avx2::scores(q, rows, kt, hd, stride, keys, out) };
         return;
     }
@@ -62,8 +63,9 @@ pub fn values(
     assert!(rows <= QB && p.len() >= rows * stride && out.len() >= rows * hd);
     assert!(keys <= stride && v.len() >= keys * hd);
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx2 && hd.is_multiple_of(LANES) {
-        // SAFETY: AVX2 and FMA were detected at run time; the extents are asserted above.
+    if Isa::detect().is_avx2() && hd.is_multiple_of(LANES) {
+        // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the extents
+        // are asserted above.
         unsafe { avx2::values(p, rows, stride, v, hd, keys, out) };
         return;
     }

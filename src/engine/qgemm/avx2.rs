@@ -22,7 +22,7 @@ pub unsafe fn q8_rows<const MR: usize>(
     i0: usize,
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
-    debug_assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len());
+    assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len() && (i0 + MR) * kb <= act.d.len());
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
@@ -60,7 +60,9 @@ pub unsafe fn q4_rows<const MR: usize>(
     i0: usize,
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
-    debug_assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len());
+    let blocks = (i0 + MR) * kb;
+    assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len());
+    assert!(blocks <= act.d.len() && blocks <= act.ds.len());
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); MR];

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 
 use super::pack::Packed;
-use super::{matmul, Isa};
+use super::run::matmul;
+use crate::engine::isa::Isa;
 
 /// `x Wᵀ` over the last dimension of `x` (f32, CPU), with `W` packed.
 #[derive(Debug, Clone)]

@@ -1,0 +1,91 @@
+//! The instruction set the CPU kernels use, as a token only run-time detection can make.
+//!
+//! The SIMD kernels are `unsafe` to call: on a CPU without the instructions they are undefined
+//! behaviour. Every safe function that dispatches to them takes (or looks up) an [`Isa`], and an
+//! `Isa` that says AVX2 can only come from [`Isa::detect`] or [`Isa::avx2`], both of which ask the
+//! CPU first. Its field is private, so no code outside this module can build one that lies.
+
+/// The kernels a product or an attention pass may use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Isa(Kind);
+
+/// Which kernels an [`Isa`] stands for (readable by the dispatchers, never turned back into one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// 256-bit integer SIMD with fused multiply-add (x86-64-v3 and up), detected at run time.
+    Avx2,
+    /// Plain Rust, any CPU.
+    Portable,
+}
+
+impl Isa {
+    /// The best the running CPU offers; `LABELMILL_QGEMM_ISA=portable` forces the plain kernels.
+    /// Decided once per process (attention asks on every call).
+    pub fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            if std::env::var("LABELMILL_QGEMM_ISA").is_ok_and(|v| v == "portable") {
+                return Self::portable();
+            }
+            Self::avx2().unwrap_or_else(Self::portable)
+        })
+    }
+
+    /// The AVX2 + FMA kernels, when this CPU has both (whatever the environment says).
+    pub fn avx2() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(Self(Kind::Avx2));
+        }
+        None
+    }
+
+    /// The plain kernels: valid on every CPU.
+    pub fn portable() -> Self {
+        Self(Kind::Portable)
+    }
+
+    /// Which kernels this token selects.
+    pub(crate) fn kind(self) -> Kind {
+        self.0
+    }
+
+    /// Whether this token selects the AVX2 + FMA kernels (proof that the CPU has them).
+    pub fn is_avx2(self) -> bool {
+        self.0 == Kind::Avx2
+    }
+
+    /// The name used in logs and benchmark reports.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            Kind::Avx2 => "avx2",
+            Kind::Portable => "portable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avx2_only_where_the_cpu_has_it() {
+        #[cfg(target_arch = "x86_64")]
+        let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        assert_eq!(Isa::avx2().is_some(), has);
+        assert!(!Isa::portable().is_avx2());
+        assert_eq!(Isa::portable().name(), "portable");
+        if let Some(isa) = Isa::avx2() {
+            assert!(isa.is_avx2());
+            assert_eq!(isa.name(), "avx2");
+        } else {
+            eprintln!("skipped: this CPU has no AVX2 + FMA, so no AVX2 token can exist");
+        }
+        // Without the override, detection picks the best the CPU has.
+        if std::env::var("LABELMILL_QGEMM_ISA").is_err() {
+            assert_eq!(Isa::detect().is_avx2(), has);
+        }
+    }
+}

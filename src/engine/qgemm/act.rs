@@ -1,6 +1,6 @@
 //! Activations quantised to 8-bit blocks of 32 (one scale each), the left operand of the kernels.
 
-use crate::engine::isa::{Isa, Kind};
+use crate::engine::isa::Isa;
 use crate::engine::shared_out::SharedMut;
 
 /// Values per quantisation block, of weights and activations alike.
@@ -64,7 +64,7 @@ impl QuantRows {
 
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    if isa.kind() == Kind::Avx2 {
+    if isa.is_avx2() {
         // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the kernel
         // asserts the slices' lengths.
         unsafe { super::avx2::quantize_row(x, q, d, ds) };

@@ -9,12 +9,20 @@ use std::arch::x86_64::*;
 use super::act::{QuantRows, BLOCK};
 use super::pack::{TileQ4, TileQ8, TILE};
 
+/// The kernels' raw reads stay inside `act` and the tile slice: rows `i0..i0 + rows` exist (values,
+/// scales and sums) and there is one tile block per activation block.
+fn assert_extents(tiles: usize, act: &QuantRows, i0: usize, rows: usize) {
+    let (k, kb) = (act.k, act.blocks());
+    assert!(tiles == kb && (i0 + rows) * k <= act.q.len());
+    assert!((i0 + rows) * kb <= act.d.len() && (i0 + rows) * kb <= act.ds.len());
+}
+
 /// Rows `i0..i0 + MR` of `act` times one Q8_0 tile. Q8_0 weights are signed, so the sign trick:
 /// `|w| × (x · sign w)`; each i16 pair sum is at most 2 · 128 · 127 and cannot saturate.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; rows `i0..i0 + MR` must exist in `act`, and `tiles` must hold
-/// `act.blocks()` blocks.
+/// The CPU must support AVX2 and FMA. (Rows `i0..i0 + MR` of `act` and `act.blocks()` tile blocks
+/// are asserted on entry, see [`assert_extents`].)
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn q8_rows<const MR: usize>(
     tiles: &[TileQ8],
@@ -22,7 +30,7 @@ pub unsafe fn q8_rows<const MR: usize>(
     i0: usize,
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
-    assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len() && (i0 + MR) * kb <= act.d.len());
+    assert_extents(tiles.len(), act, i0, MR);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
@@ -60,9 +68,7 @@ pub unsafe fn q4_rows<const MR: usize>(
     i0: usize,
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
-    let blocks = (i0 + MR) * kb;
-    assert!(tiles.len() == kb && (i0 + MR) * k <= act.q.len());
-    assert!(blocks <= act.d.len() && blocks <= act.ds.len());
+    assert_extents(tiles.len(), act, i0, MR);
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); MR];

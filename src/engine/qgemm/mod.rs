@@ -6,7 +6,8 @@
 //! weight chunk, once loaded, is multiplied with `MR` activation rows. The work is split over
 //! (row block × tile group) pieces on candle's own CPU thread pool (the one its other ops use, so
 //! the two never compete for the cores). The instruction set is picked at run time
-//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX2 + FMA where the CPU has them, plain Rust everywhere else.
+//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX2 + FMA where the CPU has them, plain
+//! Rust everywhere else.
 
 pub(crate) mod act;
 #[cfg(target_arch = "x86_64")]

@@ -19,8 +19,16 @@ the `gemm` crate candle uses), measured in the same run.
     python3 benches/vs_llamacpp.py --quants q8_0,q4_0,q4_k --rounds 5
 
 Random-weight models come from `labelmill tiny-model` with the shape flags (default: dim 1024,
-8 layers, 16 heads, ffn 2816, vocab 32000) and are kept under --work.
+8 layers, 16 heads, ffn 2816, vocab 32000) and are kept under --work. A name in --quants may also
+be one of llama.cpp's file types (`q4_k_m`, `q5_k_m`, `q3_k_m`, `q2_k`, ...): the model is then
+generated in f32 and quantised by llama.cpp's own quantizer (`llama_model_quantize`), so the file
+has the per-tensor mix llama.cpp gives it (Q4_K_M: Q6_K for `attn_v`, `ffn_down` and the output).
+`--file NAME=PATH` (repeatable) times a GGUF as it is, with the tokenizer it carries, and
+`--requantize PATH --quants ...` times llama.cpp's requantisations of a real file (for example the
+SmolLM2 Q4_1 file, at its own shape).
 """
+
+import ctypes
 
 import argparse
 import json
@@ -38,23 +46,24 @@ def sh(cmd, env=None):
     return out.stdout
 
 
-def labelmill_bench(a, model_dir, batch, prefix, seed):
+def labelmill_bench(a, gguf, batch, prefix, seed):
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
-    line = sh([a.labelmill, "bench", "--model", f"{model_dir}/model.gguf",
-               "--tokenizer", f"{model_dir}/tokenizer.json", "--docs", str(a.docs),
-               "--doc-tokens", str(a.doc), "--prefix-tokens", str(prefix),
-               "--batch-size", str(batch), "--runs", "1", "--seed", str(seed)], env)
+    tok = os.path.join(os.path.dirname(gguf), "tokenizer.json")
+    line = sh([a.labelmill, "bench", "--model", gguf]
+              + (["--tokenizer", tok] if os.path.exists(tok) else [])
+              + ["--docs", str(a.docs), "--doc-tokens", str(a.doc), "--prefix-tokens", str(prefix),
+                 "--batch-size", str(batch), "--runs", "1", "--seed", str(seed)], env)
     return json.loads(line.strip().splitlines()[-1])
 
 
 class LlamaCpp:
-    def __init__(self, a, model_dir):
+    def __init__(self, a, gguf):
         import numpy as np
         import llama_cpp
         from llama_cpp import Llama
         self.np, self.cpp = np, llama_cpp
         self.a = a
-        self.llm = Llama(model_path=f"{model_dir}/model.gguf", n_ctx=a.prefix + a.doc + 64,
+        self.llm = Llama(model_path=gguf, n_ctx=a.prefix + a.doc + 64,
                          n_batch=512, n_ubatch=512, n_threads=a.threads,
                          n_threads_batch=a.threads, logits_all=False, verbose=False)
         self.vocab = self.llm.n_vocab()
@@ -92,15 +101,44 @@ def flops_per_doc_token(a, prefix):
     return 2 * (proj + attn)
 
 
+# labelmill tiny-model's quantisations; any other name is a llama.cpp file type.
+TINY_QUANTS = {"f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k", "q4_k", "q5_k",
+               "q6_k"}
+
+
+def llama_quantize(a, src, dst, ftype):
+    """Writes `dst`: `src` quantised by llama.cpp to its file type `ftype` (q4_k_m, q5_0, ...)."""
+    import llama_cpp
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + ftype.upper())
+    params.nthread = a.threads
+    params.allow_requantize = True
+    if llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)) != 0:
+        raise SystemExit(f"llama.cpp could not quantise {src} to {ftype}")
+
+
 def model(a, quant):
-    d = os.path.join(a.work, f"{quant}-{a.layers}l-{a.dim}d-{a.ffn}f-{a.vocab}v")
+    """The GGUF to time for `quant`: generated (tiny-model), or quantised by llama.cpp."""
+    if a.requantize:
+        base = os.path.splitext(os.path.basename(a.requantize))[0]
+        out = os.path.join(a.work, f"{base}.{quant}.gguf")
+        if not os.path.exists(out):
+            llama_quantize(a, a.requantize, out, quant)
+        return out
+    tiny = quant if quant in TINY_QUANTS else "f32"
+    d = os.path.join(a.work, f"{tiny}-{a.layers}l-{a.dim}d-{a.ffn}f-{a.vocab}v")
     if not os.path.exists(f"{d}/model.gguf"):
         print(f"# generating {d}", file=sys.stderr)
-        sh([a.labelmill, "tiny-model", "--out", d, "--quant", quant, "--layers", str(a.layers),
+        sh([a.labelmill, "tiny-model", "--out", d, "--quant", tiny, "--layers", str(a.layers),
             "--dim", str(a.dim), "--heads", str(a.heads), "--kv-heads", str(a.kv_heads),
             "--ffn", str(a.ffn), "--vocab", str(a.vocab),
             "--context", str(max(1024, a.prefix + a.doc + 64))])
-    return d
+    if tiny == quant:
+        return f"{d}/model.gguf"
+    out = f"{d}/model.{quant}.gguf"
+    if not os.path.exists(out):
+        llama_quantize(a, f"{d}/model.gguf", out, quant)
+    return out
 
 
 def med(xs):
@@ -127,8 +165,15 @@ def main():
     p.add_argument("--ffn", type=int, default=2816)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--peak-size", type=int, default=2048)
+    p.add_argument("--file", action="append", default=[], metavar="NAME=PATH",
+                   help="time this GGUF as it is (repeatable; --quants then defaults to none)")
+    p.add_argument("--requantize", metavar="PATH",
+                   help="time llama.cpp's requantisations of this GGUF to each of --quants")
     p.add_argument("--json", help="also write every figure here")
     a = p.parse_args()
+    files = [tuple(f.split("=", 1)) for f in a.file]
+    if files and a.quants == p.get_default("quants"):
+        a.quants = ""
     os.makedirs(a.work, exist_ok=True)
 
     import llama_cpp
@@ -143,8 +188,9 @@ def main():
           f"ffn {a.ffn}, vocab {a.vocab}; P = {a.prefix}, L = {a.doc}, N = {a.docs}")
     results = {"peak": peak, "args": vars(a), "cpu": cpu, "quants": {}}
     rows = []
-    for quant in a.quants.split(","):
-        d = model(a, quant)
+    todo = [(q, model(a, q)) for q in a.quants.split(",") if q] + files
+    for quant, d in todo:
+        generated = not (a.requantize or (quant, d) in files)
         ll = LlamaCpp(a, d)
         if a.batch:
             best = a.batch
@@ -175,7 +221,8 @@ def main():
                   f"{rd['labelmill_best_short_prefix']:.1f} (P={a.prefix}/P={a.short_prefix} "
                   f"{rd['prefix_ratio']:.2f})", flush=True)
         s = {k: med([rd[k] for rd in rounds]) for k in rounds[0] if k != "kernels"}
-        fl = flops_per_doc_token(a, a.prefix)
+        # FLOPs are counted from the shape flags: for files of another shape they are left out.
+        fl = flops_per_doc_token(a, a.prefix) if generated else float("nan")
         s.update(best_batch=best, sweep=sweep, kernels=rounds[0]["kernels"],
                  gflops_b1=s["labelmill_b1"] * fl / 1e9, gflops_best=s["labelmill_best"] * fl / 1e9,
                  gflops_llamacpp=s["llamacpp"] * fl / 1e9)
@@ -183,6 +230,7 @@ def main():
         s["peak_fraction_best"] = s["gflops_best"] / peak["peak_gflops"]
         s["peak_fraction_llamacpp"] = s["gflops_llamacpp"] / peak["peak_gflops"]
         results["quants"][quant] = {"summary": s, "rounds": rounds}
+        s["file"], s["generated"] = d, generated
         rows.append((quant, s))
         del ll
 
@@ -193,7 +241,8 @@ def main():
     print("|" + "---|" * 13)
     for quant, s in rows:
         dps = lambda tps: tps / a.doc
-        print(f"| {shape} | {quant} | {a.prefix} | {a.doc} | {a.docs} "
+        name = shape if s["generated"] else os.path.basename(s["file"])
+        print(f"| {name} | {quant} | {a.prefix} | {a.doc} | {a.docs} "
               f"| {dps(s['labelmill_b1']):.2f} ({s['labelmill_b1']:.0f}) "
               f"| {dps(s['llamacpp']):.2f} ({s['llamacpp']:.0f}) | {s['ratio_b1']:.2f}× "
               f"| {dps(s['labelmill_best']):.2f} ({s['labelmill_best']:.0f}, batch {s['best_batch']}) "

@@ -99,6 +99,31 @@ fn q4_0_logits_match_reference_within_activation_rounding() {
     assert!(err < QUANT_TOL, "relative logit error {err}");
 }
 
+/// Every other weight type with a packed kernel, end to end against the f64 reference on the same
+/// dequantised weights. The 256-value super-block types need a width that is a multiple of 256.
+#[test]
+fn every_packed_type_matches_reference_within_activation_rounding() {
+    let wide = labelmill::tiny::TinyShape {
+        dim: 256,
+        ffn: 512,
+        ..gqa_shape()
+    };
+    for (quant, shape) in [
+        (GgmlDType::Q4_1, gqa_shape()),
+        (GgmlDType::Q5_0, gqa_shape()),
+        (GgmlDType::Q5_1, gqa_shape()),
+        (GgmlDType::Q4K, wide.clone()),
+        (GgmlDType::Q5K, wide.clone()),
+        (GgmlDType::Q6K, wide.clone()),
+        (GgmlDType::Q3K, wide.clone()),
+        (GgmlDType::Q2K, wide.clone()),
+    ] {
+        let err = logits_rel_err(quant, &shape);
+        println!("{quant:?} relative logit error {err}");
+        assert!(err < QUANT_TOL, "{quant:?}: relative logit error {err}");
+    }
+}
+
 /// The tolerance above is meaningful: scoring a different position (an off-by-one, the kind of bug
 /// the comparison must catch) differs from the reference by far more than it.
 #[test]

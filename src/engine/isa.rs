@@ -12,7 +12,8 @@ pub struct Isa(Kind);
 /// Which kernels an [`Isa`] stands for (readable by the dispatchers, never turned back into one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// 256-bit integer SIMD with fused multiply-add (x86-64-v3 and up), detected at run time.
+    /// 256-bit integer SIMD with fused multiply-add and f16 conversion (x86-64-v3 and up),
+    /// detected at run time.
     Avx2,
     /// Plain Rust, any CPU.
     Portable,
@@ -31,10 +32,14 @@ impl Isa {
         })
     }
 
-    /// The AVX2 + FMA kernels, when this CPU has both (whatever the environment says).
+    /// The AVX2 kernels, when this CPU has AVX2, FMA and F16C (whatever the environment says;
+    /// every x86-64-v3 CPU has all three).
     pub fn avx2() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             return Some(Self(Kind::Avx2));
         }
         None
@@ -50,7 +55,7 @@ impl Isa {
         self.0
     }
 
-    /// Whether this token selects the AVX2 + FMA kernels (proof that the CPU has them).
+    /// Whether this token selects the AVX2 kernels (proof that the CPU has AVX2, FMA and F16C).
     pub fn is_avx2(self) -> bool {
         self.0 == Kind::Avx2
     }
@@ -71,7 +76,9 @@ mod tests {
     #[test]
     fn avx2_only_where_the_cpu_has_it() {
         #[cfg(target_arch = "x86_64")]
-        let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let has = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
         #[cfg(not(target_arch = "x86_64"))]
         let has = false;
         assert_eq!(Isa::avx2().is_some(), has);
@@ -81,7 +88,7 @@ mod tests {
             assert!(isa.is_avx2());
             assert_eq!(isa.name(), "avx2");
         } else {
-            eprintln!("skipped: this CPU has no AVX2 + FMA, so no AVX2 token can exist");
+            eprintln!("skipped: this CPU has no AVX2 + FMA + F16C, so no AVX2 token can exist");
         }
         // Without the override, detection picks the best the CPU has.
         if std::env::var("LABELMILL_QGEMM_ISA").is_err() {

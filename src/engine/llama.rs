@@ -173,10 +173,12 @@ impl Llama {
                     .unsqueeze(0)?
                     .contiguous()
             };
-            let q =
-                candle_nn::rotary_emb::rope_i(&heads(blk.wq.forward(&h)?, n_heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&heads(blk.wk.forward(&h)?, n_kv)?, &cos, &sin)?;
-            let v = heads(blk.wv.forward(&h)?, n_kv)?;
+            let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&blk.wq, &blk.wk, &blk.wv], &h)?
+                .try_into()
+                .expect("three products");
+            let q = candle_nn::rotary_emb::rope_i(&heads(q, n_heads)?, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_i(&heads(k, n_kv)?, &cos, &sin)?;
+            let v = heads(v, n_kv)?;
             let shared = step.shared.map(|s| &s.layers[i]);
             let mut outs = Vec::with_capacity(step.rows.len());
             for (r, (span, mask)) in step.rows.iter().zip(&masks).enumerate() {
@@ -212,8 +214,8 @@ impl Llama {
                 .reshape((n, self.hp.dim))?;
             x = (x + blk.wo.forward(&o)?)?;
             let h = blk.ffn_norm.forward(&x)?;
-            let gate = candle_nn::ops::silu(&blk.w_gate.forward(&h)?)?;
-            x = (x + blk.w_down.forward(&(gate * blk.w_up.forward(&h)?)?)?)?;
+            let gated = Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h)?;
+            x = (x + blk.w_down.forward(&gated)?)?;
             if step.keep_kv {
                 kept.push(LayerKv { k, v });
             }

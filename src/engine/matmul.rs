@@ -1,9 +1,10 @@
 //! The one seam for weight matrix products: every projection in the model goes through `Linear`.
 //!
 //! How the weights are held is the [`WeightFormat`]:
-//! - `quantized` (default): as stored in the GGUF. On the CPU, Q8_0, Q4_0, Q4_1 and Q4_K weights are
-//!   re-laid once at load for the blocked kernels of [`super::qgemm`]; every other type, and every
-//!   other device, goes through candle's `QMatMul` (on CUDA its MMVQ/MMQ kernels).
+//! - `quantized` (default): as stored in the GGUF. On the CPU, every quantised type llama.cpp's
+//!   users download (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K to Q6_K) is re-laid once at load for the
+//!   blocked kernels of [`super::qgemm`]; F32/F16 weights, and every other device, go through
+//!   candle's `QMatMul` (on CUDA its MMVQ/MMQ kernels).
 //! - `bf16`: dequantised once at load to a dense bf16 matrix on the device (2 bytes a weight: 13 GB
 //!   for a 7B model's blocks); products are dense (cuBLAS on CUDA). The output head stays quantised
 //!   in every format (see `Llama::load`). Prefill-heavy work on a GPU is compute bound, where
@@ -17,7 +18,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::isa::Isa;
@@ -169,10 +170,7 @@ impl Linear {
     fn quantized(weight: QTensor) -> Result<Self> {
         let (n, k) = weight.shape().dims2()?;
         let packable = matches!(weight.device(), Device::Cpu)
-            && matches!(
-                weight.dtype(),
-                GgmlDType::Q8_0 | GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q4K
-            )
+            && Packed::supports(weight.dtype())
             && qgemm::enabled();
         let inner = if packable {
             let bytes = weight.data()?;
@@ -199,10 +197,84 @@ impl Linear {
     }
 }
 
+/// `f` of `x`'s f32 values, when `x` is a contiguous f32 tensor in CPU memory.
+fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage else {
+        candle_core::bail!("a fused packed product takes f32 input in CPU memory")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("a fused packed product needs a contiguous input, got {layout:?}")
+    };
+    Ok(f(&data[start..end]))
+}
+
+/// `x`'s dims with the last replaced by `n`, and the rows (`m`) for width `k`.
+fn out_dims(x: &Tensor, k: usize, n: usize) -> Result<(Vec<usize>, usize)> {
+    let mut dims = x.dims().to_vec();
+    if dims.last() != Some(&k) {
+        candle_core::bail!("input {dims:?} does not end in {k}")
+    }
+    let m = x.elem_count() / k.max(1);
+    *dims.last_mut().expect("checked above") = n;
+    Ok((dims, m))
+}
+
+impl Linear {
+    /// The packed weights, when this layer runs on the packed kernels.
+    fn packed(&self) -> Option<&PackedMatMul> {
+        match &self.inner {
+            Inner::Packed(op) => Some(op),
+            _ => None,
+        }
+    }
+
+    /// `x Wᵀ` for several layers with the same input (attention's Q, K, V): when all run on the
+    /// packed kernels, `x` is quantised once and the products share one pool call; otherwise one
+    /// product each. The same numbers either way.
+    pub fn forward_many(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let ops: Option<Vec<&PackedMatMul>> = layers.iter().map(|l| l.packed()).collect();
+        let Some(ops) = ops.filter(|o| !o.is_empty() && x.dtype() == DType::F32) else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let x = x.contiguous()?;
+        let ws: Vec<&Packed> = ops.iter().map(|o| o.weights.as_ref()).collect();
+        let (_, m) = out_dims(&x, ws[0].k, 0)?;
+        for w in &ws {
+            out_dims(&x, w.k, w.n)?;
+        }
+        let outs = with_cpu_f32(&x, |data| qgemm::matmul_many(&ws, data, m, ops[0].isa))?;
+        outs.into_iter()
+            .zip(&ws)
+            .map(|(o, w)| Tensor::from_vec(o, out_dims(&x, w.k, w.n)?.0, x.device()))
+            .collect()
+    }
+
+    /// `SiLU(x Wgᵀ) · (x Wuᵀ)`, the gated feed-forward's first half: fused into one pass over the
+    /// packed kernels when both layers run on them, separate products otherwise.
+    pub fn forward_swiglu(gate: &Linear, up: &Linear, x: &Tensor) -> Result<Tensor> {
+        match (gate.packed(), up.packed()) {
+            (Some(g), Some(u)) if x.dtype() == DType::F32 && g.weights.n == u.weights.n => {
+                let x = x.contiguous()?;
+                let (g, u) = (g.weights.as_ref(), u.weights.as_ref());
+                let (dims, m) = out_dims(&x, g.k, g.n)?;
+                out_dims(&x, u.k, u.n)?;
+                let mut out = vec![0f32; m * g.n];
+                let isa = gate.packed().map_or(Isa::portable(), |o| o.isa);
+                with_cpu_f32(&x, |data| {
+                    qgemm::matmul_swiglu(g, u, data, m, &mut out, isa)
+                })?;
+                Tensor::from_vec(out, dims, x.device())
+            }
+            _ => candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QTensor;
+    use candle_core::quantized::{GgmlDType, QTensor};
 
     /// A `[n, k]` weight quantised to `dtype`, and its f32 values as candle dequantises them.
     fn weight(dtype: GgmlDType, n: usize, k: usize) -> (QTensor, Vec<f32>) {
@@ -217,6 +289,40 @@ mod tests {
 
     fn bf16(x: f32) -> f64 {
         half::bf16::from_f32(x).to_f64()
+    }
+
+    #[test]
+    fn every_type_with_a_kernel_is_packed_at_load_and_the_rest_stay_with_candle() {
+        if !qgemm::enabled() {
+            eprintln!("skipped: LABELMILL_QGEMM=candle switches the packed kernels off");
+            return;
+        }
+        use GgmlDType as D;
+        let kernels = [
+            D::Q8_0,
+            D::Q4_0,
+            D::Q4_1,
+            D::Q4K,
+            D::Q5_0,
+            D::Q5_1,
+            D::Q5K,
+            D::Q6K,
+            D::Q3K,
+            D::Q2K,
+        ];
+        for dtype in kernels {
+            let (q, _) = weight(dtype, 16, 256);
+            let l = Linear::new(q).unwrap();
+            assert!(
+                matches!(l.inner, Inner::Packed(_)),
+                "{dtype:?} is not packed"
+            );
+        }
+        for dtype in [D::F16, D::F32] {
+            let (q, _) = weight(dtype, 16, 256);
+            assert!(!Packed::supports(dtype));
+            assert!(matches!(Linear::new(q).unwrap().inner, Inner::Candle(_)));
+        }
     }
 
     #[test]

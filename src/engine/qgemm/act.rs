@@ -17,8 +17,19 @@ pub struct QuantRows {
     pub q: Vec<i8>,
     /// `d[i * kb + b]`: the scale of block `b` of row `i` (value = q × d).
     pub d: Vec<f32>,
-    /// `ds[i * kb + b]`: the block's sum, `d × Σq` (for the offsets of 4-bit weights).
+    /// `ds[i * kb + b]`: the block's sum, `d × Σq` (for the offsets of 4- and 5-bit weights).
     pub ds: Vec<f32>,
+    /// `half[(i * kb + b) * 2 + h]`: `Σq` over values `16h..16h + 16` of the block (for the
+    /// per-16 offsets and mins of Q3_K and Q2_K; at most 16 · 127 in magnitude).
+    pub half: Vec<i16>,
+}
+
+/// One row's share of a [`QuantRows`]: `k` values, `k / 32` scales and sums, `k / 16` half sums.
+pub(super) struct RowOut<'a> {
+    pub q: &'a mut [i8],
+    pub d: &'a mut [f32],
+    pub ds: &'a mut [f32],
+    pub half: &'a mut [i16],
 }
 
 impl QuantRows {
@@ -34,26 +45,36 @@ impl QuantRows {
         let mut q = vec![0i8; m * k];
         let mut d = vec![0f32; m * kb];
         let mut ds = vec![0f32; m * kb];
-        let (ptr_q, ptr_d, ptr_s) = (
+        let mut half = vec![0i16; m * kb * 2];
+        let (ptr_q, ptr_d, ptr_s, ptr_h) = (
             SharedMut::new(&mut q),
             SharedMut::new(&mut d),
             SharedMut::new(&mut ds),
+            SharedMut::new(&mut half),
         );
         candle_core::utils::barrier_pool().execute_chunked(m, |rows| {
             for i in rows {
                 // SAFETY: each row index is handed to exactly one closure call, so the row slices
                 // are disjoint; the buffers live until the pool call returns.
-                let (qr, dr, sr) = unsafe {
-                    (
-                        ptr_q.part(i * k, k),
-                        ptr_d.part(i * kb, kb),
-                        ptr_s.part(i * kb, kb),
-                    )
+                let out = unsafe {
+                    RowOut {
+                        q: ptr_q.part(i * k, k),
+                        d: ptr_d.part(i * kb, kb),
+                        ds: ptr_s.part(i * kb, kb),
+                        half: ptr_h.part(i * kb * 2, kb * 2),
+                    }
                 };
-                quantize_row(&x[i * k..(i + 1) * k], qr, dr, sr, isa);
+                quantize_row(&x[i * k..(i + 1) * k], out, isa);
             }
         });
-        Self { m, k, q, d, ds }
+        Self {
+            m,
+            k,
+            q,
+            d,
+            ds,
+            half,
+        }
     }
 
     /// Blocks per row.
@@ -62,31 +83,33 @@ impl QuantRows {
     }
 }
 
-fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32], isa: Isa) {
+fn quantize_row(x: &[f32], out: RowOut<'_>, isa: Isa) {
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx2() {
         // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the kernel
-        // asserts the slices' lengths.
-        unsafe { super::avx2::quantize_row(x, q, d, ds) };
+        // reads and writes through bounds-checked slices.
+        unsafe { super::avx2::quantize_row(x, out) };
         return;
     }
     let _ = isa;
     for (b, (xb, qb)) in x
         .chunks_exact(BLOCK)
-        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(out.q.chunks_exact_mut(BLOCK))
         .enumerate()
     {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        let mut sum = 0i32;
-        for (o, v) in qb.iter_mut().zip(xb) {
+        let mut sum = [0i32; 2];
+        for (j, (o, v)) in qb.iter_mut().zip(xb).enumerate() {
             let r = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
-            sum += r as i32;
+            sum[j / 16] += r as i32;
             *o = r;
         }
-        d[b] = scale;
-        ds[b] = scale * sum as f32;
+        out.d[b] = scale;
+        out.ds[b] = scale * (sum[0] + sum[1]) as f32;
+        out.half[2 * b] = sum[0] as i16;
+        out.half[2 * b + 1] = sum[1] as i16;
     }
 }
 
@@ -113,6 +136,11 @@ mod tests {
                     .map(|&v| v as i32)
                     .sum();
                 assert_eq!(a.ds[i * 2 + b], a.d[i * 2 + b] * s as f32);
+                for h in 0..2 {
+                    let from = i * k + b * BLOCK + h * 16;
+                    let s: i32 = a.q[from..from + 16].iter().map(|&v| v as i32).sum();
+                    assert_eq!(a.half[(i * 2 + b) * 2 + h] as i32, s);
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! AVX2 + FMA kernels, compiled for those features and called only after runtime detection.
+//! AVX2 + FMA (+ F16C) kernels, compiled for those features and called only after runtime detection.
 //!
 //! Per 32-value block and activation row: 8 chunk products `maddubs` (u8 × i8 → i16 pairs), summed
 //! to i32 lanes that are already the 8 output columns, then one convert and one fused multiply-add
@@ -6,15 +6,16 @@
 
 use std::arch::x86_64::*;
 
-use super::act::{QuantRows, BLOCK};
-use super::pack::{TileQ4, TileQ8, TILE};
+use super::act::{QuantRows, RowOut, BLOCK};
+use super::pack::{TileQ4, TileQ5, TileQ8, TILE};
 
 /// The kernels' raw reads stay inside `act` and the tile slice: rows `i0..i0 + rows` exist (values,
-/// scales and sums) and there is one tile block per activation block.
-fn assert_extents(tiles: usize, act: &QuantRows, i0: usize, rows: usize) {
+/// scales, sums and half sums) and there is one tile block per activation block.
+pub(super) fn assert_extents(tiles: usize, act: &QuantRows, i0: usize, rows: usize) {
     let (k, kb) = (act.k, act.blocks());
     assert!(tiles == kb && (i0 + rows) * k <= act.q.len());
     assert!((i0 + rows) * kb <= act.d.len() && (i0 + rows) * kb <= act.ds.len());
+    assert!((i0 + rows) * kb * 2 <= act.half.len());
 }
 
 /// Rows `i0..i0 + MR` of `act` times one Q8_0 tile. Q8_0 weights are signed, so the sign trick:
@@ -100,8 +101,68 @@ pub unsafe fn q4_rows<const MR: usize>(
     store(acc)
 }
 
+/// Rows `i0..i0 + MR` of `act` times one 5-bit tile: as [`q4_rows`], with chunk `c`'s fifth bits
+/// shifted into place from the high-bit plane. A product pair now reaches 2 · 31 · 127 = 7874, so
+/// four products (two groups) are added as i16 (31496) before each widening.
+///
+/// # Safety
+/// As [`q8_rows`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn store<const MR: usize>(acc: [__m256; MR]) -> [[f32; TILE]; MR] {
+pub unsafe fn q5_rows<const MR: usize>(
+    tiles: &[TileQ5],
+    act: &QuantRows,
+    i0: usize,
+) -> [[f32; TILE]; MR] {
+    let (k, kb) = (act.k, act.blocks());
+    assert_extents(tiles.len(), act, i0, MR);
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
+    let bit4 = _mm256_set1_epi8(0x10);
+    let mut acc = [_mm256_setzero_ps(); MR];
+    let xq = act.q.as_ptr();
+    for (b, tb) in tiles.iter().enumerate() {
+        let qh = _mm256_load_si256(tb.qh.as_ptr() as *const __m256i);
+        let mut sums = [_mm256_setzero_si256(); MR];
+        for pair in 0..2 {
+            let mut s16 = [_mm256_setzero_si256(); MR];
+            for h in 2 * pair..2 * pair + 2 {
+                let v = _mm256_load_si256(tb.qs.as_ptr().add(h * 32) as *const __m256i);
+                // Chunk h's fifth bits are bit h of `qh`, chunk h + 4's bit h + 4: to bit 4 by a
+                // shift of 4 − h left, or h right. A 16-bit shift of at most 4 moves no bit that
+                // the mask keeps across a byte boundary.
+                let up = _mm_cvtsi32_si128(4 - h as i32);
+                let down = _mm_cvtsi32_si128(h as i32);
+                let hl = _mm256_and_si256(_mm256_sll_epi16(qh, up), bit4);
+                let hh = _mm256_and_si256(_mm256_srl_epi16(qh, down), bit4);
+                let lo = _mm256_or_si256(_mm256_and_si256(v, low), hl);
+                let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), hh);
+                for (i, s) in s16.iter_mut().enumerate() {
+                    let xp = xq.add((i0 + i) * k + b * BLOCK);
+                    let xl = _mm256_set1_epi32((xp.add(h * 4) as *const i32).read_unaligned());
+                    let xh = _mm256_set1_epi32((xp.add(16 + h * 4) as *const i32).read_unaligned());
+                    *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(lo, xl));
+                    *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, xh));
+                }
+            }
+            for (s, p) in sums.iter_mut().zip(s16) {
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
+            }
+        }
+        let dw = _mm256_load_ps(tb.d.as_ptr());
+        let mw = _mm256_load_ps(tb.m.as_ptr());
+        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
+            let at = (i0 + i) * kb + b;
+            let s = _mm256_cvtepi32_ps(s);
+            let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
+            let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
+            *a = _mm256_fnmadd_ps(mw, sx, _mm256_fmadd_ps(s, _mm256_mul_ps(dw, dx), *a));
+        }
+    }
+    store(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn store<const MR: usize>(acc: [__m256; MR]) -> [[f32; TILE]; MR] {
     let mut out = [[0f32; TILE]; MR];
     for (o, a) in out.iter_mut().zip(acc) {
         _mm256_storeu_ps(o.as_mut_ptr(), a);
@@ -113,14 +174,14 @@ unsafe fn store<const MR: usize>(acc: [__m256; MR]) -> [[f32; TILE]; MR] {
 /// `ds = d · Σq`; the same numbers as the portable code.
 ///
 /// # Safety
-/// AVX2 and FMA; `x` and `q` hold `k` values, `d` and `ds` `k / 32`.
+/// AVX2 and FMA. (Every read and write goes through a bounds-checked slice or `chunks_exact`.)
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32]) {
+pub unsafe fn quantize_row(x: &[f32], out: RowOut<'_>) {
     let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (b, (xb, qb)) in x
         .chunks_exact(BLOCK)
-        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(out.q.chunks_exact_mut(BLOCK))
         .enumerate()
     {
         let p = xb.as_ptr();
@@ -149,16 +210,27 @@ pub unsafe fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], ds: &mut [f32
                 _mm256_sub_ps(_mm256_setzero_ps(), lim),
             ))
         });
-        let s = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
-        let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-        let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
-        let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
+        let (lo, hi) = (
+            hsum(_mm256_add_epi32(r[0], r[1])),
+            hsum(_mm256_add_epi32(r[2], r[3])),
+        );
         // i32 → i16 → i8 packs interleave the 128-bit lanes; the permutation restores the order.
         let w = _mm256_packs_epi32(r[0], r[1]);
         let z = _mm256_packs_epi32(r[2], r[3]);
         let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(w, z), order);
         _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, bytes);
-        d[b] = scale;
-        ds[b] = scale * _mm_cvtsi128_si32(s1) as f32;
+        out.d[b] = scale;
+        out.ds[b] = scale * (lo + hi) as f32;
+        out.half[2 * b] = lo as i16;
+        out.half[2 * b + 1] = hi as i16;
     }
+}
+
+/// The sum of the 8 i32 lanes.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(s: __m256i) -> i32 {
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s1)
 }

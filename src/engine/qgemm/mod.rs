@@ -1,4 +1,5 @@
-//! Blocked quantised matrix products for prefill: `y = x Wᵀ` with Q8_0, Q4_0, Q4_1 or Q4_K weights.
+//! Blocked quantised matrix products: `y = x Wᵀ` with Q8_0, Q4_0/Q4_1/Q4_K, Q5_0/Q5_1/Q5_K, Q6_K,
+//! Q3_K or Q2_K weights.
 //!
 //! candle's CPU `QMatMul` runs one matrix-vector product per input row, so a pass over L tokens
 //! reads every weight L times. Here the activations are quantised once to 8-bit blocks
@@ -6,17 +7,24 @@
 //! weight chunk, once loaded, is multiplied with `MR` activation rows. The work is split over
 //! (row block × tile group) pieces on candle's own CPU thread pool (the one its other ops use, so
 //! the two never compete for the cores). The instruction set is picked at run time
-//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX2 + FMA where the CPU has them, plain
+//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX2 + FMA + F16C where the CPU has them, plain
 //! Rust everywhere else.
 
 pub(crate) mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
+mod fused;
 pub mod op;
 pub mod pack;
+mod pack_low;
+mod pack_q5;
+mod pack_q6;
 mod portable;
 mod run;
 
+pub use fused::{matmul_many, matmul_swiglu};
 pub use run::matmul;
 
 /// Whether the packed kernels are switched on (`LABELMILL_QGEMM=candle` keeps candle's `QMatMul`,

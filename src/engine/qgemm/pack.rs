@@ -1,4 +1,4 @@
-//! Weights re-laid for the kernels: 8 output rows interleaved per 32-value block, scales in f32.
+//! Weights re-laid for the kernels: 8 output rows interleaved per 32-value block.
 //!
 //! A tile holds 8 consecutive weight rows (output columns). For each block of 32 input values it
 //! stores the 8 scales and the 8 × 32 quantised values in chunks: chunk `c` is 32 bytes holding
@@ -10,11 +10,16 @@
 //! `h + 4` in the high ones. Q4_0 (`d · (q − 8)`), Q4_1 (`d · q + m`) and Q4_K (`d·sc · q − dmin·m`
 //! per 32 values, the 6-bit scales unpacked here) all become `scale · q − min` with an f32 scale and
 //! min per row and block: 6 bits per weight in memory (GGML: 4.5 to 5), the price of one kernel
-//! without per-call unpacking. A last partial tile is padded with zero rows.
+//! without per-call unpacking. 5-bit types add a plane of high bits ([`super::pack_q5`]), Q6_K keeps
+//! signed bytes with integer sub-scales ([`super::pack_q6`]), Q3_K and Q2_K bit planes with integer
+//! sub-scales ([`super::pack_low`]). A last partial tile is padded with zero rows.
 
 use half::f16;
 
 use super::act::BLOCK;
+pub use super::pack_low::{TileQ2, TileQ3};
+pub use super::pack_q5::TileQ5;
+pub use super::pack_q6::TileQ6;
 
 /// Output rows per tile (lanes of a 256-bit vector of i32/f32).
 pub const TILE: usize = 8;
@@ -48,12 +53,20 @@ pub enum Tiles {
     Q8(Vec<TileQ8>),
     /// From GGML Q4_0, Q4_1 or Q4_K.
     Q4(Vec<TileQ4>),
+    /// From GGML Q5_0, Q5_1 or Q5_K.
+    Q5(Vec<TileQ5>),
+    /// From GGML Q6_K.
+    Q6(Vec<TileQ6>),
+    /// From GGML Q3_K.
+    Q3(Vec<TileQ3>),
+    /// From GGML Q2_K.
+    Q2(Vec<TileQ2>),
 }
 
 /// Why a weight matrix could not be packed.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PackError {
-    /// Only Q8_0, Q4_0, Q4_1 and Q4_K have kernels here.
+    /// The type has no kernel here (see [`Packed::supports`]).
     #[error("no packed kernel for {0}")]
     Unsupported(String),
     /// The byte length does not match `n × k` of the type.
@@ -81,6 +94,23 @@ pub struct Packed {
     pub tiles: Tiles,
 }
 
+/// The GGML types with a packed kernel.
+const SUPPORTED: [candle_core::quantized::GgmlDType; 10] = {
+    use candle_core::quantized::GgmlDType as D;
+    [
+        D::Q8_0,
+        D::Q4_0,
+        D::Q4_1,
+        D::Q4K,
+        D::Q5_0,
+        D::Q5_1,
+        D::Q5K,
+        D::Q6K,
+        D::Q3K,
+        D::Q2K,
+    ]
+};
+
 /// GGML Q8_0: f16 scale + 32 × i8.
 const Q8_0_BYTES: usize = 2 + BLOCK;
 /// GGML Q4_0: f16 scale + 16 bytes of nibbles (value `j` low nibble of byte `j`, `j + 16` high).
@@ -88,16 +118,26 @@ const Q4_0_BYTES: usize = 2 + BLOCK / 2;
 /// GGML Q4_1: f16 scale, f16 offset + nibbles as Q4_0's.
 const Q4_1_BYTES: usize = 4 + BLOCK / 2;
 /// Values in a GGML Q4_K super-block.
-const QK_K: usize = 256;
+pub(super) const QK_K: usize = 256;
 /// GGML Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles.
 const Q4_K_BYTES: usize = 4 + 12 + QK_K / 2;
 
-fn scale(block: &[u8]) -> f32 {
+/// The f16 at the start of `block`, as f32.
+pub(super) fn scale(block: &[u8]) -> f32 {
     f16::from_le_bytes([block[0], block[1]]).to_f32()
 }
 
 impl Packed {
-    /// Packs GGML bytes of an `[n, k]` matrix of `dtype` (Q8_0, Q4_0, Q4_1 or Q4_K).
+    /// Whether `dtype` has a packed kernel.
+    pub fn supports(dtype: candle_core::quantized::GgmlDType) -> bool {
+        SUPPORTED.contains(&dtype)
+    }
+
+    pub(super) fn with_tiles(n: usize, k: usize, tiles: Tiles) -> Self {
+        Self { n, k, tiles }
+    }
+
+    /// Packs GGML bytes of an `[n, k]` matrix of `dtype` (one of [`Packed::supports`]).
     pub fn from_ggml(
         dtype: candle_core::quantized::GgmlDType,
         bytes: &[u8],
@@ -110,6 +150,12 @@ impl Packed {
             D::Q4_0 => Self::from_q4_0(bytes, n, k),
             D::Q4_1 => Self::from_q4_1(bytes, n, k),
             D::Q4K => Self::from_q4_k(bytes, n, k),
+            D::Q5_0 => Self::from_q5_0(bytes, n, k),
+            D::Q5_1 => Self::from_q5_1(bytes, n, k),
+            D::Q5K => Self::from_q5_k(bytes, n, k),
+            D::Q6K => Self::from_q6_k(bytes, n, k),
+            D::Q3K => Self::from_q3_k(bytes, n, k),
+            D::Q2K => Self::from_q2_k(bytes, n, k),
             other => Err(PackError::Unsupported(format!("{other:?}"))),
         }
     }
@@ -214,6 +260,10 @@ impl Packed {
         match &self.tiles {
             Tiles::Q8(t) => std::mem::size_of_val(t.as_slice()),
             Tiles::Q4(t) => std::mem::size_of_val(t.as_slice()),
+            Tiles::Q5(t) => std::mem::size_of_val(t.as_slice()),
+            Tiles::Q6(t) => std::mem::size_of_val(t.as_slice()),
+            Tiles::Q3(t) => std::mem::size_of_val(t.as_slice()),
+            Tiles::Q2(t) => std::mem::size_of_val(t.as_slice()),
         }
     }
 
@@ -233,12 +283,16 @@ impl Packed {
                 let nib = if c < 4 { byte & 0x0F } else { byte >> 4 };
                 tb.d[r] * nib as f32 - tb.m[r]
             }
+            Tiles::Q5(tiles) => tiles[t * kb + b].get(r, j),
+            Tiles::Q6(tiles) => tiles[t * kb + b].get(r, j),
+            Tiles::Q3(tiles) => tiles[t * kb + b].get(r, j),
+            Tiles::Q2(tiles) => tiles[t * kb + b].get(r, j),
         }
     }
 }
 
 /// Blocks of `unit` values per row, if the bytes are an `[n, k]` matrix of the type.
-fn check(
+pub(super) fn check(
     bytes: &[u8],
     n: usize,
     k: usize,
@@ -290,7 +344,7 @@ fn pack4(
 }
 
 /// Scale and min of block `j` (0..8) from Q4_K's 12 packed bytes (GGML's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

@@ -4,10 +4,10 @@
 use std::ops::Range;
 
 use super::act::QuantRows;
-#[cfg(target_arch = "x86_64")]
-use super::avx2;
 use super::pack::{Packed, Tiles, TILE};
 use super::portable;
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx2_k};
 use crate::engine::isa::{Isa, Kind};
 use crate::engine::shared_out::SharedMut;
 
@@ -26,40 +26,93 @@ pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
         return;
     }
     let act = QuantRows::quantize(x, m, w.k, isa);
-    let n_tiles = w.n.div_ceil(TILE);
-    let groups = n_tiles.div_ceil(TILE_GROUP);
-    let row_blocks = m.div_ceil(ROW_BLOCK);
+    let op = Single { w, act: &act, isa };
     let ptr = SharedMut::new(out);
-    candle_core::utils::barrier_pool().execute_chunked(row_blocks * groups, |pieces| {
-        for piece in pieces {
-            let rb = piece / groups;
-            let rows = rb * ROW_BLOCK..((rb + 1) * ROW_BLOCK).min(m);
-            let g = piece % groups;
-            let tiles = g * TILE_GROUP..((g + 1) * TILE_GROUP).min(n_tiles);
-            piece_rows(w, &act, ptr, rows, tiles, isa);
+    let pieces = Pieces::new(m, w.n);
+    candle_core::utils::barrier_pool().execute_chunked(pieces.count(), |chunk| {
+        for piece in chunk {
+            let (rows, tiles) = pieces.get(piece);
+            piece_rows(&op, ptr, rows, tiles);
         }
     });
 }
 
-/// One work piece: a block of rows times a group of tiles.
-fn piece_rows(
-    w: &Packed,
-    act: &QuantRows,
+/// How an `m × n` product is cut into work pieces: row blocks × tile groups.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pieces {
+    m: usize,
+    n_tiles: usize,
+    groups: usize,
+}
+
+impl Pieces {
+    pub(super) fn new(m: usize, n: usize) -> Self {
+        let n_tiles = n.div_ceil(TILE);
+        Self {
+            m,
+            n_tiles,
+            groups: n_tiles.div_ceil(TILE_GROUP),
+        }
+    }
+
+    /// Number of pieces.
+    pub(super) fn count(&self) -> usize {
+        self.m.div_ceil(ROW_BLOCK) * self.groups
+    }
+
+    /// Piece `p`'s activation rows and tiles.
+    pub(super) fn get(&self, p: usize) -> (Range<usize>, Range<usize>) {
+        let (rb, g) = (p / self.groups, p % self.groups);
+        (
+            rb * ROW_BLOCK..((rb + 1) * ROW_BLOCK).min(self.m),
+            g * TILE_GROUP..((g + 1) * TILE_GROUP).min(self.n_tiles),
+        )
+    }
+}
+
+/// What a piece computes for `R` activation rows and one tile of output columns.
+pub(super) trait TileOp: Sync {
+    /// Output columns.
+    fn n(&self) -> usize;
+    /// Rows `i0..i0 + R` times tile `t`.
+    fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R];
+}
+
+/// One matrix product.
+pub(super) struct Single<'a> {
+    pub(super) w: &'a Packed,
+    pub(super) act: &'a QuantRows,
+    pub(super) isa: Isa,
+}
+
+impl TileOp for Single<'_> {
+    fn n(&self) -> usize {
+        self.w.n
+    }
+
+    fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R] {
+        tile_rows::<R>(self.w, self.act, t, i0, self.isa)
+    }
+}
+
+/// One work piece: a block of rows times a group of tiles, `MR` rows per kernel call.
+pub(super) fn piece_rows(
+    op: &impl TileOp,
     ptr: SharedMut<'_, f32>,
     rows: Range<usize>,
     tiles: Range<usize>,
-    isa: Isa,
 ) {
+    let n = op.n();
     for t in tiles {
-        let cols = t * TILE..((t + 1) * TILE).min(w.n);
+        let cols = t * TILE..((t + 1) * TILE).min(n);
         let mut i0 = rows.start;
         while i0 < rows.end {
             let mr = (rows.end - i0).min(MR);
             match mr {
-                4 => put(ptr, w.n, i0, &cols, &tile_rows::<4>(w, act, t, i0, isa)),
-                3 => put(ptr, w.n, i0, &cols, &tile_rows::<3>(w, act, t, i0, isa)),
-                2 => put(ptr, w.n, i0, &cols, &tile_rows::<2>(w, act, t, i0, isa)),
-                _ => put(ptr, w.n, i0, &cols, &tile_rows::<1>(w, act, t, i0, isa)),
+                4 => put(ptr, n, i0, &cols, &op.rows::<4>(t, i0)),
+                3 => put(ptr, n, i0, &cols, &op.rows::<3>(t, i0)),
+                2 => put(ptr, n, i0, &cols, &op.rows::<2>(t, i0)),
+                _ => put(ptr, n, i0, &cols, &op.rows::<1>(t, i0)),
             }
             i0 += mr;
         }
@@ -78,14 +131,30 @@ fn tile_rows<const R: usize>(
     let blocks = t * kb..(t + 1) * kb;
     match (&w.tiles, isa.kind()) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` of kind AVX2 exists only after run-time detection of AVX2 and FMA
+        // SAFETY: an `Isa` of kind AVX2 exists only after run-time detection of AVX2, FMA and F16C
         // (`engine::isa`); the kernel asserts the row and block extents itself.
         (Tiles::Q8(tiles), Kind::Avx2) => unsafe { avx2::q8_rows::<R>(&tiles[blocks], act, i0) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (Tiles::Q4(tiles), Kind::Avx2) => unsafe { avx2::q4_rows::<R>(&tiles[blocks], act, i0) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Tiles::Q5(tiles), Kind::Avx2) => unsafe { avx2::q5_rows::<R>(&tiles[blocks], act, i0) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above (detection also requires F16C, which this kernel uses).
+        (Tiles::Q6(tiles), Kind::Avx2) => unsafe { avx2_k::q6_rows::<R>(&tiles[blocks], act, i0) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Tiles::Q3(tiles), Kind::Avx2) => unsafe { avx2_k::q3_rows::<R>(&tiles[blocks], act, i0) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Tiles::Q2(tiles), Kind::Avx2) => unsafe { avx2_k::q2_rows::<R>(&tiles[blocks], act, i0) },
         (Tiles::Q8(tiles), _) => portable::q8_rows::<R>(&tiles[blocks], act, i0),
         (Tiles::Q4(tiles), _) => portable::q4_rows::<R>(&tiles[blocks], act, i0),
+        (Tiles::Q5(tiles), _) => portable::q5_rows::<R>(&tiles[blocks], act, i0),
+        (Tiles::Q6(tiles), _) => portable::q6_rows::<R>(&tiles[blocks], act, i0),
+        (Tiles::Q3(tiles), _) => portable::q3_rows::<R>(&tiles[blocks], act, i0),
+        (Tiles::Q2(tiles), _) => portable::q2_rows::<R>(&tiles[blocks], act, i0),
     }
 }
 

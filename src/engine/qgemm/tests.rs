@@ -50,22 +50,28 @@ fn isas() -> Vec<Isa> {
     match Isa::avx2() {
         Some(simd) => vec![Isa::portable(), simd],
         None => {
-            eprintln!("skipped: the AVX2 kernels (this CPU has no AVX2 + FMA)");
+            eprintln!("skipped: the AVX2 kernels (this CPU has no AVX2 + FMA + F16C)");
             vec![Isa::portable()]
         }
     }
 }
 
-const TYPES: [GgmlDType; 4] = [
+const TYPES: [GgmlDType; 10] = [
     GgmlDType::Q8_0,
     GgmlDType::Q4_0,
     GgmlDType::Q4_1,
     GgmlDType::Q4K,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::Q3K,
+    GgmlDType::Q2K,
 ];
 
 /// (m, n, k): rows not multiples of 4 or 64, columns not of 8; k a multiple of the type's block.
 fn shapes(dtype: GgmlDType) -> Vec<(usize, usize, usize)> {
-    if dtype == GgmlDType::Q4K {
+    if dtype.block_size() == 256 {
         return vec![
             (1, 1, 256),
             (3, 7, 256),
@@ -150,7 +156,9 @@ fn products_equal_the_dequantised_reference_on_the_rounded_activations() {
 #[test]
 fn simd_and_portable_kernels_agree() {
     let Some(isa) = Isa::avx2() else {
-        eprintln!("skipped: no SIMD kernels on this CPU (no AVX2 + FMA); nothing to compare");
+        eprintln!(
+            "skipped: no SIMD kernels on this CPU (no AVX2 + FMA + F16C); nothing to compare"
+        );
         return;
     };
     for dtype in TYPES {
@@ -215,5 +223,67 @@ fn wrong_sizes_are_refused() {
     assert!(Packed::from_q4_0(&[0u8; 18], 1, 32).is_ok());
     assert!(Packed::from_q4_k(&[0u8; 144], 1, 128).is_err());
     assert!(Packed::from_q4_k(&[0u8; 144], 1, 256).is_ok());
-    assert!(Packed::from_ggml(GgmlDType::Q6K, &[0u8; 210], 1, 256).is_err());
+    assert!(Packed::from_q6_k(&[0u8; 210], 1, 256).is_ok());
+    assert!(Packed::from_q6_k(&[0u8; 209], 1, 256).is_err());
+    assert!(Packed::from_q5_0(&[0u8; 22], 1, 32).is_ok());
+    assert!(Packed::from_q5_1(&[0u8; 22], 1, 32).is_err());
+    assert!(Packed::from_q5_k(&[0u8; 176], 1, 256).is_ok());
+    assert!(Packed::from_q3_k(&[0u8; 110], 1, 256).is_ok());
+    assert!(Packed::from_q2_k(&[0u8; 84], 1, 256).is_ok());
+    assert!(Packed::from_q2_k(&[0u8; 84], 1, 512).is_err());
+    assert!(Packed::from_ggml(GgmlDType::F16, &[0u8; 64], 1, 32).is_err());
+}
+
+#[test]
+fn packed_memory_stays_within_one_and_a_half_times_the_gguf_size() {
+    // A 7B projection's shape (rows a multiple of the tile, so no padding rows count).
+    let (n, k) = (64, 4096);
+    for dtype in TYPES {
+        let (p, _) = weights(dtype, n, k, 1);
+        let packed = p.size_in_bytes() as f64 * 8.0 / (n * k) as f64;
+        let gguf = dtype.type_size() as f64 * 8.0 / dtype.block_size() as f64;
+        println!("{dtype:?}: {packed:.3} bits per weight packed, {gguf:.4} in the GGUF");
+        assert!(packed <= 1.5 * gguf, "{dtype:?}: {packed} > 1.5 × {gguf}");
+    }
+}
+
+#[test]
+fn shared_input_products_equal_separate_ones_exactly() {
+    // Q, K and V of a grouped-query layer in three different types, as a Q4_K_M file mixes them.
+    let (m, k) = (70, 256);
+    let (q, _) = weights(GgmlDType::Q4K, 64, k, 1);
+    let (kk, _) = weights(GgmlDType::Q4K, 16, k, 2);
+    let (v, _) = weights(GgmlDType::Q6K, 16, k, 3);
+    let x = random(m * k, 5, 2.0);
+    for isa in isas() {
+        let many = super::matmul_many(&[&q, &kk, &v], &x, m, isa);
+        for (w, got) in [&q, &kk, &v].into_iter().zip(&many) {
+            let mut want = vec![0f32; m * w.n];
+            matmul(w, &x, m, &mut want, isa);
+            assert_eq!(got, &want, "{isa:?}");
+        }
+    }
+}
+
+#[test]
+fn the_fused_gate_equals_silu_of_the_gate_times_up_exactly() {
+    let (m, n, k) = (67, 37, 256);
+    let (g, _) = weights(GgmlDType::Q4_0, n, k, 4);
+    let (u, _) = weights(GgmlDType::Q5K, n, k, 5);
+    let x = random(m * k, 6, 2.0);
+    for isa in isas() {
+        let mut fused = vec![0f32; m * n];
+        super::matmul_swiglu(&g, &u, &x, m, &mut fused, isa);
+        let (mut gv, mut uv) = (vec![0f32; m * n], vec![0f32; m * n]);
+        matmul(&g, &x, m, &mut gv, isa);
+        matmul(&u, &x, m, &mut uv, isa);
+        let t = |v: Vec<f32>| Tensor::from_vec(v, (m, n), &Device::Cpu).unwrap();
+        let want = (candle_nn::ops::silu(&t(gv)).unwrap() * t(uv))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(fused, want, "{isa:?}");
+    }
 }

@@ -1,0 +1,97 @@
+//! Products that share their input, in one quantisation of the activations and one pool call:
+//! several matrices at once (attention's Q, K and V), and the gated feed-forward's gate and up
+//! products fused with `SiLU(gate) · up`, so neither product is written out on its own.
+
+use super::act::QuantRows;
+use super::pack::{Packed, TILE};
+use super::run::{piece_rows, Pieces, Single, TileOp};
+use crate::engine::isa::Isa;
+use crate::engine::shared_out::SharedMut;
+
+/// `x W_jᵀ` for every matrix `W_j` (all of width `k`): one `m × n_j` output each.
+pub fn matmul_many(ws: &[&Packed], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
+    let k = ws.first().map_or(0, |w| w.k);
+    assert!(ws.iter().all(|w| w.k == k), "the matrices differ in width");
+    assert_eq!(x.len(), m * k, "input is not m × k");
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
+    if m == 0 {
+        return outs;
+    }
+    let act = QuantRows::quantize(x, m, k, isa);
+    let ops: Vec<Single<'_>> = ws.iter().map(|w| Single { w, act: &act, isa }).collect();
+    let pieces: Vec<Pieces> = ws.iter().map(|w| Pieces::new(m, w.n)).collect();
+    // Matrix j owns the global pieces starts[j]..starts[j + 1].
+    let mut starts = vec![0];
+    for p in &pieces {
+        starts.push(starts[starts.len() - 1] + p.count());
+    }
+    let ptrs: Vec<SharedMut<'_, f32>> = outs.iter_mut().map(|o| SharedMut::new(o)).collect();
+    let total = starts[starts.len() - 1];
+    candle_core::utils::barrier_pool().execute_chunked(total, |chunk| {
+        for piece in chunk {
+            let j = starts.partition_point(|&s| s <= piece) - 1;
+            let (rows, tiles) = pieces[j].get(piece - starts[j]);
+            piece_rows(&ops[j], ptrs[j], rows, tiles);
+        }
+    });
+    drop(ptrs);
+    outs
+}
+
+/// `SiLU(x Wgᵀ) · (x Wuᵀ)` into `out` (`m × n`): each tile's gate and up columns are computed
+/// together and combined in registers.
+pub fn matmul_swiglu(gate: &Packed, up: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
+    assert!(
+        gate.n == up.n && gate.k == up.k,
+        "gate and up differ in shape"
+    );
+    assert_eq!(x.len(), m * gate.k, "input is not m × k");
+    assert_eq!(out.len(), m * gate.n, "output is not m × n");
+    if m == 0 || gate.n == 0 {
+        return;
+    }
+    let act = QuantRows::quantize(x, m, gate.k, isa);
+    let op = SwiGlu {
+        gate: Single {
+            w: gate,
+            act: &act,
+            isa,
+        },
+        up: Single {
+            w: up,
+            act: &act,
+            isa,
+        },
+    };
+    let ptr = SharedMut::new(out);
+    let pieces = Pieces::new(m, gate.n);
+    candle_core::utils::barrier_pool().execute_chunked(pieces.count(), |chunk| {
+        for piece in chunk {
+            let (rows, tiles) = pieces.get(piece);
+            piece_rows(&op, ptr, rows, tiles);
+        }
+    });
+}
+
+/// The gate and up products of one tile, combined.
+struct SwiGlu<'a> {
+    gate: Single<'a>,
+    up: Single<'a>,
+}
+
+/// `v · σ(v)`, as candle's `silu` computes it.
+fn silu(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
+impl TileOp for SwiGlu<'_> {
+    fn n(&self) -> usize {
+        self.gate.n()
+    }
+
+    fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R] {
+        let g = self.gate.rows::<R>(t, i0);
+        let u = self.up.rows::<R>(t, i0);
+        std::array::from_fn(|i| std::array::from_fn(|c| silu(g[i][c]) * u[i][c]))
+    }
+}

@@ -1,8 +1,8 @@
 //! Criterion bench of one weight product at prefill shape: the packed kernels vs candle's QMatMul.
 //!
 //! `cargo bench --bench qgemm`: `[128, 1024] × [2816, 1024]ᵀ` (a 1024-wide model's FFN up
-//! projection over a 128-token document) for Q8_0, Q4_0 and Q4_K. Throughput elements are
-//! multiply-adds (m·n·k): criterion's "Gelem/s" is G multiply-adds per second (× 2 for GFLOP/s).
+//! projection over a 128-token document) for every type with a packed kernel. Throughput elements
+//! are multiply-adds (m·n·k): criterion's "Gelem/s" is G multiply-adds per second (× 2 for GFLOP/s).
 
 use std::sync::Arc;
 
@@ -21,7 +21,20 @@ fn qgemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("matmul_128x2816x1024");
     g.sample_size(10);
     g.throughput(Throughput::Elements((m * n * k) as u64));
-    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+    use GgmlDType as D;
+    let types = [
+        D::Q8_0,
+        D::Q4_0,
+        D::Q4_1,
+        D::Q5_0,
+        D::Q5_1,
+        D::Q2K,
+        D::Q3K,
+        D::Q4K,
+        D::Q5K,
+        D::Q6K,
+    ];
+    for dtype in types {
         let q = QTensor::quantize(&w, dtype).expect("quantize");
         let bytes = q.data().expect("bytes").into_owned();
         let packed = Packed::from_ggml(dtype, &bytes, n, k).expect("pack");

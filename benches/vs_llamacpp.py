@@ -169,8 +169,12 @@ def main():
                    help="time this GGUF as it is (repeatable; --quants then defaults to none)")
     p.add_argument("--requantize", metavar="PATH",
                    help="time llama.cpp's requantisations of this GGUF to each of --quants")
+    p.add_argument("--pairs", action="store_true",
+                   help="rounds of labelmill at batch 1 and llama.cpp only (implies --batch 1)")
     p.add_argument("--json", help="also write every figure here")
     a = p.parse_args()
+    if a.pairs:
+        a.batch = 1
     files = [tuple(f.split("=", 1)) for f in a.file]
     if files and a.quants == p.get_default("quants"):
         a.quants = ""
@@ -205,8 +209,9 @@ def main():
         for r in range(a.rounds):
             one = labelmill_bench(a, d, 1, a.prefix, r + 1)
             cpp = ll.run(r + 1)
-            bat = labelmill_bench(a, d, best, a.prefix, r + 1)
-            short = labelmill_bench(a, d, best, a.short_prefix, r + 1)
+            # --pairs: batch 1 against llama.cpp only (the other two columns repeat batch 1).
+            bat = one if a.pairs else labelmill_bench(a, d, best, a.prefix, r + 1)
+            short = one if a.pairs else labelmill_bench(a, d, best, a.short_prefix, r + 1)
             rd = {"labelmill_b1": one["doc_tokens_per_s"], "llamacpp": cpp["doc_tokens_per_s"],
                   "labelmill_best": bat["doc_tokens_per_s"],
                   "labelmill_best_short_prefix": short["doc_tokens_per_s"],

@@ -298,6 +298,7 @@ mod tests {
             return;
         }
         use GgmlDType as D;
+        // Every quantised type llama.cpp's users download has a kernel.
         let kernels = [
             D::Q8_0,
             D::Q4_0,

@@ -333,14 +333,21 @@ fn pack4(
             let dst = &mut tiles[t * kb + b];
             dst.d[r] = d;
             dst.m[r] = m;
-            for h in 0..4 {
-                for v in 0..4 {
-                    dst.qs[h * 32 + r * 4 + v] = q[4 * h + v] | (q[16 + 4 * h + v] << 4);
-                }
-            }
+            put_nibbles(&mut dst.qs, r, &q);
         }
     }
     tiles
+}
+
+/// Writes the low 4 bits of row `r`'s 32 values into a nibble plane: group `h` holds chunk `h`
+/// in the low nibbles and chunk `h + 4` in the high ones.
+pub(super) fn put_nibbles(qs: &mut [u8], r: usize, q: &[u8; BLOCK]) {
+    for h in 0..4 {
+        for v in 0..4 {
+            let (lo, hi) = (q[4 * h + v], q[16 + 4 * h + v]);
+            qs[h * 32 + r * 4 + v] = (lo & 0x0F) | (hi & 0x0F) << 4;
+        }
+    }
 }
 
 /// Scale and min of block `j` (0..8) from Q4_K's 12 packed bytes (GGML's `get_scale_min_k4`).

@@ -7,7 +7,7 @@
 //! 0..31 and an f32 scale and min per row and block: 7 bits per weight (GGML: 5.5 to 6).
 
 use super::act::BLOCK;
-use super::pack::{check, scale, scale_min_k4, PackError, Packed, Tiles, QK_K, TILE};
+use super::pack::{check, put_nibbles, scale, scale_min_k4, PackError, Packed, Tiles, QK_K, TILE};
 
 /// One 32-value block of 8 rows of 5-bit weights: value = `d · q − m`, `q` in 0..31.
 #[derive(Debug, Clone, Copy)]
@@ -122,12 +122,7 @@ fn pack5(
             let dst = &mut tiles[t * kb + b];
             dst.d[r] = d;
             dst.m[r] = m;
-            for h in 0..4 {
-                for v in 0..4 {
-                    let (lo, hi) = (q[4 * h + v], q[16 + 4 * h + v]);
-                    dst.qs[h * 32 + r * 4 + v] = (lo & 0x0F) | (hi & 0x0F) << 4;
-                }
-            }
+            put_nibbles(&mut dst.qs, r, &q);
             for (j, &v) in q.iter().enumerate() {
                 dst.qh[r * 4 + j % 4] |= (v >> 4) << (j / 4);
             }

@@ -23,8 +23,56 @@ pub fn q8_rows<const MR: usize>(tiles: &[TileQ8], act: &QuantRows, i0: usize) ->
     acc
 }
 
-/// As [`q8_rows`] for 4-bit tiles: nibbles 0..15, the offsets taken off through the block sums.
-pub fn q4_rows<const MR: usize>(tiles: &[TileQ4], act: &QuantRows, i0: usize) -> [[f32; TILE]; MR] {
+/// A tile of `d · q − m` weights (4- or 5-bit): the portable kernel for both.
+trait Offset {
+    fn d(&self) -> &[f32; TILE];
+    fn m(&self) -> &[f32; TILE];
+    /// Value `j` of row `r`, unsigned.
+    fn q(&self, r: usize, j: usize) -> u8;
+}
+
+/// Nibble `j` of row `r` of a [`TileQ4::qs`]-style plane.
+fn nibble(qs: &[u8], r: usize, j: usize) -> u8 {
+    let c = j / 4;
+    let byte = qs[(c % 4) * 32 + r * 4 + j % 4];
+    if c < 4 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+impl Offset for TileQ4 {
+    fn d(&self) -> &[f32; TILE] {
+        &self.d
+    }
+    fn m(&self) -> &[f32; TILE] {
+        &self.m
+    }
+    fn q(&self, r: usize, j: usize) -> u8 {
+        nibble(&self.qs, r, j)
+    }
+}
+
+impl Offset for TileQ5 {
+    fn d(&self) -> &[f32; TILE] {
+        &self.d
+    }
+    fn m(&self) -> &[f32; TILE] {
+        &self.m
+    }
+    fn q(&self, r: usize, j: usize) -> u8 {
+        nibble(&self.qs, r, j) | ((self.qh[r * 4 + j % 4] >> (j / 4)) & 1) << 4
+    }
+}
+
+/// As [`q8_rows`] for 4- and 5-bit tiles: unsigned values, the offsets taken off through the
+/// block sums.
+fn offset_rows<T: Offset, const MR: usize>(
+    tiles: &[T],
+    act: &QuantRows,
+    i0: usize,
+) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
     let mut acc = [[0f32; TILE]; MR];
     for (b, tb) in tiles.iter().enumerate() {
@@ -33,43 +81,22 @@ pub fn q4_rows<const MR: usize>(tiles: &[TileQ4], act: &QuantRows, i0: usize) ->
             let dx = act.d[(i0 + i) * kb + b];
             let sx = act.ds[(i0 + i) * kb + b];
             for (r, out) in row.iter_mut().enumerate() {
-                let mut s = 0i32;
-                for (j, &xv) in x.iter().enumerate() {
-                    let c = j / 4;
-                    let byte = tb.qs[(c % 4) * 32 + r * 4 + j % 4];
-                    let nib = if c < 4 { byte & 0x0F } else { byte >> 4 };
-                    s += nib as i32 * xv as i32;
-                }
-                *out += s as f32 * (tb.d[r] * dx) - tb.m[r] * sx;
+                let s: i32 = (0..BLOCK).map(|j| tb.q(r, j) as i32 * x[j] as i32).sum();
+                *out += s as f32 * (tb.d()[r] * dx) - tb.m()[r] * sx;
             }
         }
     }
     acc
 }
 
-/// As [`q4_rows`] for 5-bit tiles: values 0..31 from the nibble and the high-bit plane.
+/// 4-bit tiles (Q4_0, Q4_1, Q4_K).
+pub fn q4_rows<const MR: usize>(tiles: &[TileQ4], act: &QuantRows, i0: usize) -> [[f32; TILE]; MR] {
+    offset_rows(tiles, act, i0)
+}
+
+/// 5-bit tiles (Q5_0, Q5_1, Q5_K).
 pub fn q5_rows<const MR: usize>(tiles: &[TileQ5], act: &QuantRows, i0: usize) -> [[f32; TILE]; MR] {
-    let (k, kb) = (act.k, act.blocks());
-    let mut acc = [[0f32; TILE]; MR];
-    for (b, tb) in tiles.iter().enumerate() {
-        for (i, row) in acc.iter_mut().enumerate() {
-            let x = &act.q[(i0 + i) * k + b * BLOCK..][..BLOCK];
-            let dx = act.d[(i0 + i) * kb + b];
-            let sx = act.ds[(i0 + i) * kb + b];
-            for (r, out) in row.iter_mut().enumerate() {
-                let mut s = 0i32;
-                for (j, &xv) in x.iter().enumerate() {
-                    let c = j / 4;
-                    let byte = tb.qs[(c % 4) * 32 + r * 4 + j % 4];
-                    let nib = if c < 4 { byte & 0x0F } else { byte >> 4 };
-                    let high = (tb.qh[r * 4 + j % 4] >> c) & 1;
-                    s += (nib | high << 4) as i32 * xv as i32;
-                }
-                *out += s as f32 * (tb.d[r] * dx) - tb.m[r] * sx;
-            }
-        }
-    }
-    acc
+    offset_rows(tiles, act, i0)
 }
 
 /// As [`q8_rows`] for Q6_K tiles: each half-block's integer sum times its integer sub-scale, then

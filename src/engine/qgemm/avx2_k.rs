@@ -1,6 +1,6 @@
-//! AVX2 kernels for the types with per-16 integer sub-scales (Q6_K, Q3_K, Q2_K): each half-block
-//! summed in i16, weighted by its sub-scales in one `madd` (exact in i32), the f16 row scales
-//! converted by F16C; offsets and mins through the activations' half-block sums.
+//! AVX2 kernels for the types with per-16 integer sub-scales (Q6_K, Q3_K, Q2_K): unsigned values,
+//! each half-block summed in i16 and weighted by its sub-scales in a `madd` (exact in i32), the
+//! f16 row scales converted by F16C; offsets and mins through the activations' half-block sums.
 
 use std::arch::x86_64::*;
 
@@ -8,13 +8,15 @@ use super::act::{QuantRows, BLOCK};
 use super::avx2::{assert_extents, store};
 use super::pack::{TileQ2, TileQ3, TileQ6, TILE};
 
-/// Rows `i0..i0 + MR` of `act` times one Q6_K tile: the sign trick as Q8_0's kernel, each half's
-/// four products added as i16 (at most 4 · 2 · 32 · 127 = 32512), then one `madd` with the
-/// half's sub-scales per row (exact in i32) and the f16 row scales converted by F16C.
+/// Rows `i0..i0 + MR` of `act` times one Q6_K tile. Values are unsigned (0..63), so `maddubs`
+/// applies directly; a product pair reaches 2 · 63 · 127 = 16002, so two chunks add as i16 (32004)
+/// and each pair of chunks goes through one `madd` with its half's sub-scales (exact in i32). The
+/// `− 32` comes off per half as `32 · sc · Σx` through the activations' half sums; then `d` once.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (an AVX2 [`Isa`](crate::engine::isa::Isa) says so);
-/// rows `i0..i0 + MR` of `act` and `act.blocks()` tile blocks are asserted on entry.
+/// rows `i0..i0 + MR` of `act` (with their half sums) and `act.blocks()` tile blocks are asserted
+/// on entry.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_rows<const MR: usize>(
     tiles: &[TileQ6],
@@ -26,26 +28,30 @@ pub unsafe fn q6_rows<const MR: usize>(
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
     for (b, tb) in tiles.iter().enumerate() {
-        let mut halves = [[_mm256_setzero_si256(); 2]; MR];
-        for c in 0..TILE {
-            let w = _mm256_load_si256(tb.qs.as_ptr().add(c * 32) as *const __m256i);
-            let aw = _mm256_sign_epi8(w, w);
-            for (i, s) in halves.iter_mut().enumerate() {
-                let xp = xq.add((i0 + i) * k + b * BLOCK + c * 4) as *const i32;
-                let x = _mm256_set1_epi32(xp.read_unaligned());
-                let p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
-                s[c / 4] = _mm256_add_epi16(s[c / 4], p);
+        let sc = _mm_loadu_si128(tb.sc.as_ptr() as *const __m128i);
+        let (sc_lo, sc_hi) = half_scales(sc);
+        let mut sums = [_mm256_setzero_si256(); MR];
+        for pair in 0..4 {
+            let scale = if pair < 2 { sc_lo } else { sc_hi };
+            let w0 = _mm256_load_si256(tb.qs.as_ptr().add(2 * pair * 32) as *const __m256i);
+            let w1 = _mm256_load_si256(tb.qs.as_ptr().add((2 * pair + 1) * 32) as *const __m256i);
+            for (i, s) in sums.iter_mut().enumerate() {
+                let xp = xq.add((i0 + i) * k + b * BLOCK + pair * 8) as *const i32;
+                let x0 = _mm256_set1_epi32(xp.read_unaligned());
+                let x1 = _mm256_set1_epi32(xp.add(1).read_unaligned());
+                let p =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(w0, x0), _mm256_maddubs_epi16(w1, x1));
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, scale));
             }
         }
-        let (sc_lo, sc_hi) = half_scales(_mm_loadu_si128(tb.sc.as_ptr() as *const __m128i));
+        let sc_pairs = row_pairs(sc);
         let dw = _mm256_cvtph_ps(_mm_loadu_si128(tb.d.as_ptr() as *const __m128i));
-        for (i, (a, s)) in acc.iter_mut().zip(halves).enumerate() {
-            let t = _mm256_add_epi32(
-                _mm256_madd_epi16(s[0], sc_lo),
-                _mm256_madd_epi16(s[1], sc_hi),
-            );
-            let dx = _mm256_set1_ps(*act.d.get_unchecked((i0 + i) * kb + b));
-            *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(dw, dx), *a);
+        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
+            let at = (i0 + i) * kb + b;
+            let off = _mm256_slli_epi32(_mm256_madd_epi16(half_sums(act, at), sc_pairs), 5);
+            let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
+            let t = _mm256_cvtepi32_ps(_mm256_sub_epi32(s, off));
+            *a = _mm256_fmadd_ps(t, _mm256_mul_ps(dw, dx), *a);
         }
     }
     store(acc)

@@ -2,16 +2,17 @@
 //!
 //! Q6_K scales every 16 values with its own int8 under one f16 `d` per 256. A tile block holds, for
 //! its 8 rows, `d` (as the f16 bits), the two int8 sub-scales of the block's halves and the 8 × 32
-//! values `q − 32` as i8, chunked as [`TileQ8`](super::pack::TileQ8)'s. The kernel sums each half
-//! in integers, weights the halves by their sub-scales in integers (exact), and applies `d` once:
-//! 9 bits per weight (GGML: 6.5625), against 10 for f32 sub-scales.
+//! unsigned values `q` (0..63, the weight being `d · sc · (q − 32)`) as bytes, chunked as
+//! [`TileQ8`](super::pack::TileQ8)'s. The kernel sums each half in integers, takes the `− 32` off
+//! through the activations' half sums, weights the halves by their sub-scales in integers (exact),
+//! and applies `d` once: 9 bits per weight (GGML: 6.5625), against 10 for f32 sub-scales.
 
 use half::f16;
 
 use super::act::BLOCK;
 use super::pack::{check, PackError, Packed, Tiles, QK_K, TILE};
 
-/// One 32-value block of 8 rows of Q6_K: value = `d · sc[half] · q`, `q` in −32..31.
+/// One 32-value block of 8 rows of Q6_K: value = `d · sc[half] · (q − 32)`, `q` in 0..63.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(32))]
 pub struct TileQ6 {
@@ -20,7 +21,7 @@ pub struct TileQ6 {
     /// `sc[r]`: sub-scale of values 0..16 of row `r`; `sc[8 + r]`: of values 16..32.
     pub sc: [i8; 2 * TILE],
     /// Chunk `c`, row `r`, value `t` at `c * 32 + r * 4 + t`.
-    pub qs: [i8; TILE * BLOCK],
+    pub qs: [u8; TILE * BLOCK],
 }
 
 impl TileQ6 {
@@ -28,20 +29,20 @@ impl TileQ6 {
     pub fn get(&self, r: usize, j: usize) -> f32 {
         let d = f16::from_bits(self.d[r]).to_f32();
         let sc = self.sc[(j / 16) * TILE + r] as f32;
-        d * sc * self.qs[(j / 4) * 32 + r * 4 + j % 4] as f32
+        d * sc * (self.qs[(j / 4) * 32 + r * 4 + j % 4] as i32 - 32) as f32
     }
 }
 
 /// GGML Q6_K: 128 bytes of low nibbles, 64 of 2-bit high parts, 16 int8 scales, f16 `d`.
 const Q6_K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 
-/// Value `v` (0..256) of a Q6_K super-block, `q − 32`.
-fn q6_value(sb: &[u8], v: usize) -> i8 {
+/// Value `v` (0..256) of a Q6_K super-block, `q` (0..63; the weight is `q − 32` times the scales).
+fn q6_value(sb: &[u8], v: usize) -> u8 {
     let (half, quarter, l) = (v / 128, (v % 128) / 32, v % 32);
     let low = sb[half * 64 + (quarter % 2) * 32 + l];
     let nib = if quarter < 2 { low & 0x0F } else { low >> 4 };
     let high = (sb[QK_K / 2 + half * 32 + l] >> (2 * quarter)) & 3;
-    (nib | high << 4) as i8 - 32
+    nib | high << 4
 }
 
 impl Packed {

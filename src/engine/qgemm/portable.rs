@@ -99,8 +99,8 @@ pub fn q5_rows<const MR: usize>(tiles: &[TileQ5], act: &QuantRows, i0: usize) ->
     offset_rows(tiles, act, i0)
 }
 
-/// As [`q8_rows`] for Q6_K tiles: each half-block's integer sum times its integer sub-scale, then
-/// the row's f16 scale.
+/// As [`q8_rows`] for Q6_K tiles: per half, `sc · (Σ q·x − 32 · Σx)` in integers, then the row's
+/// f16 scale.
 pub fn q6_rows<const MR: usize>(tiles: &[TileQ6], act: &QuantRows, i0: usize) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
     let mut acc = [[0f32; TILE]; MR];
@@ -113,7 +113,10 @@ pub fn q6_rows<const MR: usize>(tiles: &[TileQ6], act: &QuantRows, i0: usize) ->
                 for (j, &xv) in x.iter().enumerate() {
                     s[j / 16] += tb.qs[(j / 4) * 32 + r * 4 + j % 4] as i32 * xv as i32;
                 }
-                let total = s[0] * tb.sc[r] as i32 + s[1] * tb.sc[TILE + r] as i32;
+                let hx = &act.half[2 * ((i0 + i) * kb + b)..][..2];
+                let total: i32 = (0..2)
+                    .map(|h| tb.sc[h * TILE + r] as i32 * (s[h] - 32 * hx[h] as i32))
+                    .sum();
                 let d = half::f16::from_bits(tb.d[r]).to_f32();
                 *out += total as f32 * (d * dx);
             }

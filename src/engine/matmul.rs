@@ -239,14 +239,16 @@ impl Linear {
         };
         let x = x.contiguous()?;
         let ws: Vec<&Packed> = ops.iter().map(|o| o.weights.as_ref()).collect();
-        let (_, m) = out_dims(&x, ws[0].k, 0)?;
-        for w in &ws {
-            out_dims(&x, w.k, w.n)?;
-        }
+        // Every product's output shape, checked against x before anything runs.
+        let shapes = ws
+            .iter()
+            .map(|w| out_dims(&x, w.k, w.n))
+            .collect::<Result<Vec<_>>>()?;
+        let m = shapes[0].1;
         let outs = with_cpu_f32(&x, |data| qgemm::matmul_many(&ws, data, m, ops[0].isa))?;
         outs.into_iter()
-            .zip(&ws)
-            .map(|(o, w)| Tensor::from_vec(o, out_dims(&x, w.k, w.n)?.0, x.device()))
+            .zip(shapes)
+            .map(|(o, (dims, _))| Tensor::from_vec(o, dims, x.device()))
             .collect()
     }
 
@@ -256,11 +258,11 @@ impl Linear {
         match (gate.packed(), up.packed()) {
             (Some(g), Some(u)) if x.dtype() == DType::F32 && g.weights.n == u.weights.n => {
                 let x = x.contiguous()?;
+                let isa = g.isa;
                 let (g, u) = (g.weights.as_ref(), u.weights.as_ref());
                 let (dims, m) = out_dims(&x, g.k, g.n)?;
                 out_dims(&x, u.k, u.n)?;
                 let mut out = vec![0f32; m * g.n];
-                let isa = gate.packed().map_or(Isa::portable(), |o| o.isa);
                 with_cpu_f32(&x, |data| {
                     qgemm::matmul_swiglu(g, u, data, m, &mut out, isa)
                 })?;

@@ -11,8 +11,8 @@
 //! per 32 values, the 6-bit scales unpacked here) all become `scale · q − min` with an f32 scale and
 //! min per row and block: 6 bits per weight in memory (GGML: 4.5 to 5), the price of one kernel
 //! without per-call unpacking. 5-bit types add a plane of high bits ([`super::pack_q5`]), Q6_K keeps
-//! signed bytes with integer sub-scales ([`super::pack_q6`]), Q3_K and Q2_K bit planes with integer
-//! sub-scales ([`super::pack_low`]). A last partial tile is padded with zero rows.
+//! one byte a value with integer sub-scales ([`super::pack_q6`]), Q3_K and Q2_K bit planes with
+//! integer sub-scales ([`super::pack_low`]). A last partial tile is padded with zero rows.
 
 use half::f16;
 
@@ -44,6 +44,42 @@ pub struct TileQ4 {
     pub m: [f32; TILE],
     /// Group `h`, row `r`, value `t` at `h * 32 + r * 4 + t`: chunk `h` low, chunk `h + 4` high.
     pub qs: [u8; TILE * BLOCK / 2],
+}
+
+impl TileQ8 {
+    /// Quantised value `j` of row `r`.
+    pub fn q(&self, r: usize, j: usize) -> i8 {
+        self.qs[(j / 4) * 32 + r * 4 + j % 4]
+    }
+}
+
+impl TileQ4 {
+    /// Quantised value `j` of row `r` (0..15).
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        nibble(&self.qs, r, j)
+    }
+}
+
+/// An f16 given as its bits, as f32 (the tiles keep GGML's f16 super-block scales as bits).
+pub(super) fn f16_bits(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// Value `j` of row `r` of a nibble plane laid out as [`TileQ4::qs`].
+pub(super) fn nibble(qs: &[u8], r: usize, j: usize) -> u8 {
+    let c = j / 4;
+    let byte = qs[(c % 4) * 32 + r * 4 + j % 4];
+    if c < 4 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+/// Bit `j / 4` of byte `r * 4 + j % 4` of a bit plane (the extra bit of value `j` of row `r`), as
+/// [`TileQ5::qh`] and [`TileQ3::qh`] lay it out.
+pub(super) fn plane_bit(qh: &[u8], r: usize, j: usize) -> u8 {
+    (qh[r * 4 + j % 4] >> (j / 4)) & 1
 }
 
 /// The packed blocks of a whole matrix, tile-major: `tiles[t * kb + b]`.
@@ -274,14 +310,11 @@ impl Packed {
         match &self.tiles {
             Tiles::Q8(tiles) => {
                 let tb = &tiles[t * kb + b];
-                tb.d[r] * tb.qs[(j / 4) * 32 + r * 4 + j % 4] as f32
+                tb.d[r] * tb.q(r, j) as f32
             }
             Tiles::Q4(tiles) => {
                 let tb = &tiles[t * kb + b];
-                let c = j / 4;
-                let byte = tb.qs[(c % 4) * 32 + r * 4 + j % 4];
-                let nib = if c < 4 { byte & 0x0F } else { byte >> 4 };
-                tb.d[r] * nib as f32 - tb.m[r]
+                tb.d[r] * tb.q(r, j) as f32 - tb.m[r]
             }
             Tiles::Q5(tiles) => tiles[t * kb + b].get(r, j),
             Tiles::Q6(tiles) => tiles[t * kb + b].get(r, j),

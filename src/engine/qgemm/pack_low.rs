@@ -10,7 +10,7 @@
 //! weight (GGML 3.4375); Q2_K: 3.5 (GGML 2.625).
 
 use super::act::BLOCK;
-use super::pack::{check, PackError, Packed, Tiles, QK_K, TILE};
+use super::pack::{check, f16_bits, plane_bit, PackError, Packed, Tiles, QK_K, TILE};
 
 /// One 32-value block of 8 rows of Q3_K: value = `d · sc[half] · (q − 4)`, `q` in 0..7.
 #[derive(Debug, Clone, Copy)]
@@ -47,24 +47,29 @@ fn two_bits(qs: &[u8], r: usize, j: usize) -> u8 {
     (qs[(c % 2) * 32 + r * 4 + j % 4] >> (2 * (c / 2))) & 3
 }
 
-fn f16(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
-}
-
 impl TileQ3 {
+    /// Quantised value `j` of row `r` (0..7; the weight is `q − 4` times the scales).
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        two_bits(&self.qs, r, j) | plane_bit(&self.qh, r, j) << 2
+    }
+
     /// Value `j` of row `r` as f32.
     pub fn get(&self, r: usize, j: usize) -> f32 {
-        let q = two_bits(&self.qs, r, j) | ((self.qh[r * 4 + j % 4] >> (j / 4)) & 1) << 2;
-        f16(self.d[r]) * self.sc[(j / 16) * TILE + r] as f32 * (q as i32 - 4) as f32
+        f16_bits(self.d[r]) * self.sc[(j / 16) * TILE + r] as f32 * (self.q(r, j) as i32 - 4) as f32
     }
 }
 
 impl TileQ2 {
+    /// Quantised value `j` of row `r` (0..3).
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        two_bits(&self.qs, r, j)
+    }
+
     /// Value `j` of row `r` as f32.
     pub fn get(&self, r: usize, j: usize) -> f32 {
         let scm = self.scm[(j / 16) * TILE + r];
-        let q = two_bits(&self.qs, r, j);
-        f16(self.d[r]) * (scm & 0x0F) as f32 * q as f32 - f16(self.dmin[r]) * (scm >> 4) as f32
+        f16_bits(self.d[r]) * (scm & 0x0F) as f32 * self.q(r, j) as f32
+            - f16_bits(self.dmin[r]) * (scm >> 4) as f32
     }
 }
 

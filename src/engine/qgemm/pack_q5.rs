@@ -7,7 +7,10 @@
 //! 0..31 and an f32 scale and min per row and block: 7 bits per weight (GGML: 5.5 to 6).
 
 use super::act::BLOCK;
-use super::pack::{check, put_nibbles, scale, scale_min_k4, PackError, Packed, Tiles, QK_K, TILE};
+use super::pack::{
+    check, nibble, plane_bit, put_nibbles, scale, scale_min_k4, PackError, Packed, Tiles, QK_K,
+    TILE,
+};
 
 /// One 32-value block of 8 rows of 5-bit weights: value = `d · q − m`, `q` in 0..31.
 #[derive(Debug, Clone, Copy)]
@@ -24,13 +27,14 @@ pub struct TileQ5 {
 }
 
 impl TileQ5 {
+    /// Quantised value `j` of row `r` (0..31).
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        nibble(&self.qs, r, j) | plane_bit(&self.qh, r, j) << 4
+    }
+
     /// Value `j` of row `r` as f32.
     pub fn get(&self, r: usize, j: usize) -> f32 {
-        let c = j / 4;
-        let byte = self.qs[(c % 4) * 32 + r * 4 + j % 4];
-        let nib = if c < 4 { byte & 0x0F } else { byte >> 4 };
-        let high = (self.qh[r * 4 + j % 4] >> c) & 1;
-        self.d[r] * (nib | high << 4) as f32 - self.m[r]
+        self.d[r] * self.q(r, j) as f32 - self.m[r]
     }
 }
 

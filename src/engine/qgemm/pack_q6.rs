@@ -7,10 +7,8 @@
 //! through the activations' half sums, weights the halves by their sub-scales in integers (exact),
 //! and applies `d` once: 9 bits per weight (GGML: 6.5625), against 10 for f32 sub-scales.
 
-use half::f16;
-
 use super::act::BLOCK;
-use super::pack::{check, PackError, Packed, Tiles, QK_K, TILE};
+use super::pack::{check, f16_bits, PackError, Packed, Tiles, QK_K, TILE};
 
 /// One 32-value block of 8 rows of Q6_K: value = `d · sc[half] · (q − 32)`, `q` in 0..63.
 #[derive(Debug, Clone, Copy)]
@@ -25,11 +23,16 @@ pub struct TileQ6 {
 }
 
 impl TileQ6 {
+    /// Quantised value `j` of row `r` (0..63; the weight is `q − 32` times the scales).
+    pub fn q(&self, r: usize, j: usize) -> u8 {
+        self.qs[(j / 4) * 32 + r * 4 + j % 4]
+    }
+
     /// Value `j` of row `r` as f32.
     pub fn get(&self, r: usize, j: usize) -> f32 {
-        let d = f16::from_bits(self.d[r]).to_f32();
+        let d = f16_bits(self.d[r]);
         let sc = self.sc[(j / 16) * TILE + r] as f32;
-        d * sc * (self.qs[(j / 4) * 32 + r * 4 + j % 4] as i32 - 32) as f32
+        d * sc * (self.q(r, j) as i32 - 32) as f32
     }
 }
 

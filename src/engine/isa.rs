@@ -2,8 +2,9 @@
 //!
 //! The SIMD kernels are `unsafe` to call: on a CPU without the instructions they are undefined
 //! behaviour. Every safe function that dispatches to them takes (or looks up) an [`Isa`], and an
-//! `Isa` that says AVX2 can only come from [`Isa::detect`] or [`Isa::avx2`], both of which ask the
-//! CPU first. Its field is private, so no code outside this module can build one that lies.
+//! `Isa` that says AVX2 or AVX-VNNI can only come from [`Isa::detect`], [`Isa::avx2`] or
+//! [`Isa::avx_vnni`], all of which ask the CPU first. Its field is private, so no code outside this
+//! module can build one that lies.
 
 /// The kernels a product or an attention pass may use on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +13,9 @@ pub struct Isa(Kind);
 /// Which kernels an [`Isa`] stands for (readable by the dispatchers, never turned back into one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
+    /// The AVX2 set below plus AVX-VNNI (`vpdpbusd` on 256-bit vectors: Alder Lake, Sapphire Rapids
+    /// and later, Zen 5), detected at run time.
+    AvxVnni,
     /// 256-bit integer SIMD with fused multiply-add and f16 conversion (x86-64-v3 and up),
     /// detected at run time.
     Avx2,
@@ -20,16 +24,27 @@ pub(crate) enum Kind {
 }
 
 impl Isa {
-    /// The best the running CPU offers; `LABELMILL_QGEMM_ISA=portable` forces the plain kernels.
+    /// The best the running CPU offers; `LABELMILL_QGEMM_ISA=portable` forces the plain kernels,
+    /// `LABELMILL_QGEMM_ISA=avx2` the AVX2 ones on a CPU that also has AVX-VNNI (for comparisons).
     /// Decided once per process (attention asks on every call).
     pub fn detect() -> Self {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| {
-            if std::env::var("LABELMILL_QGEMM_ISA").is_ok_and(|v| v == "portable") {
-                return Self::portable();
-            }
-            Self::avx2().unwrap_or_else(Self::portable)
+        *ISA.get_or_init(|| match std::env::var("LABELMILL_QGEMM_ISA").as_deref() {
+            Ok("portable") => Self::portable(),
+            Ok("avx2") => Self::avx2().unwrap_or_else(Self::portable),
+            _ => Self::avx_vnni()
+                .or_else(Self::avx2)
+                .unwrap_or_else(Self::portable),
         })
+    }
+
+    /// The AVX-VNNI kernels, when this CPU has AVX-VNNI besides AVX2, FMA and F16C.
+    pub fn avx_vnni() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if Self::avx2().is_some() && is_x86_feature_detected!("avxvnni") {
+            return Some(Self(Kind::AvxVnni));
+        }
+        None
     }
 
     /// The AVX2 kernels, when this CPU has AVX2, FMA and F16C (whatever the environment says;
@@ -55,14 +70,16 @@ impl Isa {
         self.0
     }
 
-    /// Whether this token selects the AVX2 kernels (proof that the CPU has AVX2, FMA and F16C).
+    /// Whether this token allows the AVX2 kernels (proof that the CPU has AVX2, FMA and F16C):
+    /// true for the AVX-VNNI token too, whose CPU has all three.
     pub fn is_avx2(self) -> bool {
-        self.0 == Kind::Avx2
+        matches!(self.0, Kind::Avx2 | Kind::AvxVnni)
     }
 
     /// The name used in logs and benchmark reports.
     pub fn name(self) -> &'static str {
         match self.0 {
+            Kind::AvxVnni => "avx-vnni",
             Kind::Avx2 => "avx2",
             Kind::Portable => "portable",
         }
@@ -93,6 +110,26 @@ mod tests {
         // Without the override, detection picks the best the CPU has.
         if std::env::var("LABELMILL_QGEMM_ISA").is_err() {
             assert_eq!(Isa::detect().is_avx2(), has);
+        }
+    }
+
+    #[test]
+    fn avx_vnni_only_where_the_cpu_has_it() {
+        #[cfg(target_arch = "x86_64")]
+        let has = Isa::avx2().is_some() && is_x86_feature_detected!("avxvnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        assert_eq!(Isa::avx_vnni().is_some(), has);
+        match Isa::avx_vnni() {
+            Some(isa) => {
+                assert_eq!(isa.name(), "avx-vnni");
+                assert!(isa.is_avx2(), "an AVX-VNNI CPU has the AVX2 kernels too");
+                assert_ne!(Some(isa), Isa::avx2());
+                if std::env::var("LABELMILL_QGEMM_ISA").is_err() {
+                    assert_eq!(Isa::detect(), isa, "detection prefers AVX-VNNI");
+                }
+            }
+            None => eprintln!("skipped: this CPU has no AVX-VNNI, so no AVX-VNNI token can exist"),
         }
     }
 }

@@ -72,7 +72,7 @@ unsafe fn half_scales(sc: __m128i) -> (__m256i, __m256i) {
 /// Row r's two half values to i16 lanes 2r (half 0) and 2r + 1 (half 1), for a `madd` with a
 /// row's pair of activation half sums.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn row_pairs(v: __m128i) -> __m256i {
+pub(super) unsafe fn row_pairs(v: __m128i) -> __m256i {
     let pair = _mm_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     _mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, pair))
 }
@@ -82,7 +82,7 @@ unsafe fn row_pairs(v: __m128i) -> __m256i {
 /// # Safety
 /// AVX2; `2 * ((i0 + i) * kb + b) + 2 <= act.half.len()` (asserted by the callers' extents).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn half_sums(act: &QuantRows, at: usize) -> __m256i {
+pub(super) unsafe fn half_sums(act: &QuantRows, at: usize) -> __m256i {
     _mm256_set1_epi32((act.half.as_ptr().add(2 * at) as *const i32).read_unaligned())
 }
 

@@ -7,8 +7,8 @@
 //! weight chunk, once loaded, is multiplied with `MR` activation rows. The work is split over
 //! (row block × tile group) pieces on candle's own CPU thread pool (the one its other ops use, so
 //! the two never compete for the cores). The instruction set is picked at run time
-//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX2 + FMA + F16C where the CPU has them, plain
-//! Rust everywhere else.
+//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX-VNNI (`vpdpbusd`) where the CPU has it,
+//! AVX2 + FMA + F16C where it has those, plain Rust everywhere else.
 
 pub(crate) mod act;
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +23,8 @@ mod pack_q5;
 mod pack_q6;
 mod portable;
 mod run;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 pub use fused::{matmul_many, matmul_swiglu};
 pub use run::matmul;

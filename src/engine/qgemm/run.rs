@@ -7,7 +7,7 @@ use super::act::QuantRows;
 use super::pack::{Packed, Tiles, TILE};
 use super::portable;
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, avx2_k};
+use super::{avx2, avx2_k, vnni};
 use crate::engine::isa::{Isa, Kind};
 use crate::engine::shared_out::SharedMut;
 
@@ -130,6 +130,10 @@ fn tile_rows<const R: usize>(
     let kb = w.blocks();
     let blocks = t * kb..(t + 1) * kb;
     match (&w.tiles, isa.kind()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa` of kind AVX-VNNI exists only after run-time detection of AVX2, FMA, F16C
+        // and AVX-VNNI (`engine::isa`); each kernel asserts the row and block extents itself.
+        (tiles, Kind::AvxVnni) => unsafe { vnni::tile_rows::<R>(tiles, blocks, act, i0) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa` of kind AVX2 exists only after run-time detection of AVX2, FMA and F16C
         // (`engine::isa`); the kernel asserts the row and block extents itself.

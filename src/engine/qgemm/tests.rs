@@ -47,13 +47,16 @@ fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
 
 /// The portable kernels, and the SIMD ones where this CPU has them (saying so where it has not).
 fn isas() -> Vec<Isa> {
+    let mut isas = vec![Isa::portable()];
     match Isa::avx2() {
-        Some(simd) => vec![Isa::portable(), simd],
-        None => {
-            eprintln!("skipped: the AVX2 kernels (this CPU has no AVX2 + FMA + F16C)");
-            vec![Isa::portable()]
-        }
+        Some(simd) => isas.push(simd),
+        None => eprintln!("skipped: the AVX2 kernels (this CPU has no AVX2 + FMA + F16C)"),
     }
+    match Isa::avx_vnni() {
+        Some(simd) => isas.push(simd),
+        None => eprintln!("skipped: the AVX-VNNI kernels (this CPU has no AVX-VNNI)"),
+    }
+    isas
 }
 
 const TYPES: [GgmlDType; 10] = [
@@ -155,24 +158,45 @@ fn products_equal_the_dequantised_reference_on_the_rounded_activations() {
 
 #[test]
 fn simd_and_portable_kernels_agree() {
-    let Some(isa) = Isa::avx2() else {
-        eprintln!(
-            "skipped: no SIMD kernels on this CPU (no AVX2 + FMA + F16C); nothing to compare"
-        );
+    let simd = &isas()[1..];
+    if simd.is_empty() {
+        eprintln!("skipped: no SIMD kernels on this CPU; nothing to compare");
+    }
+    for &isa in simd {
+        for dtype in TYPES {
+            let (m, n, k) = (37, 45, 512);
+            let (p, _) = weights(dtype, n, k, 3);
+            let x = random(m * k, 4, 1.0);
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            matmul(&p, &x, m, &mut a, isa);
+            matmul(&p, &x, m, &mut b, Isa::portable());
+            for (u, v) in a.iter().zip(&b) {
+                assert!(
+                    (u - v).abs() <= 1e-4 * v.abs().max(1.0),
+                    "{dtype:?} {isa:?}: {u} vs {v}"
+                );
+            }
+        }
+    }
+}
+
+/// The AVX-VNNI kernels sum the same integers as the AVX2 ones (exactly, in i32) and finish them
+/// with the same float operations in the same order, so the two agree to the bit.
+#[test]
+fn avx_vnni_and_avx2_kernels_agree_to_the_bit() {
+    let (Some(vnni), Some(avx2)) = (Isa::avx_vnni(), Isa::avx2()) else {
+        eprintln!("skipped: this CPU lacks AVX-VNNI (or AVX2); nothing to compare");
         return;
     };
     for dtype in TYPES {
-        let (m, n, k) = (37, 45, 512);
-        let (p, _) = weights(dtype, n, k, 3);
-        let x = random(m * k, 4, 1.0);
-        let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
-        matmul(&p, &x, m, &mut a, isa);
-        matmul(&p, &x, m, &mut b, Isa::portable());
-        for (u, v) in a.iter().zip(&b) {
-            assert!(
-                (u - v).abs() <= 1e-4 * v.abs().max(1.0),
-                "{dtype:?}: {u} vs {v}"
-            );
+        for (m, n, k) in shapes(dtype) {
+            let (p, _) = weights(dtype, n, k, 11);
+            // Uniform activations: many bytes near ±127, the AVX2 kernels' i16 sums near their limits.
+            let x = random(m * k, 12, 50.0);
+            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+            matmul(&p, &x, m, &mut a, vnni);
+            matmul(&p, &x, m, &mut b, avx2);
+            assert_eq!(a, b, "{dtype:?} m={m} n={n} k={k}");
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::act::QuantRows;
 use super::pack::{Packed, TILE};
-use super::run::{piece_rows, Pieces, Single, TileOp};
+use super::run::{piece_rows, Pieces, Single, TileOp, WIDE};
 use crate::engine::isa::Isa;
 use crate::engine::shared_out::SharedMut;
 
@@ -89,9 +89,20 @@ impl TileOp for SwiGlu<'_> {
         self.gate.n()
     }
 
-    fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R] {
-        let g = self.gate.rows::<R>(t, i0);
-        let u = self.up.rows::<R>(t, i0);
-        std::array::from_fn(|i| std::array::from_fn(|c| silu(g[i][c]) * u[i][c]))
+    fn wide(&self) -> bool {
+        self.gate.wide()
     }
+
+    fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R] {
+        combine(self.gate.rows::<R>(t, i0), self.up.rows::<R>(t, i0))
+    }
+
+    fn rows2<const R: usize>(&self, t: usize, i0: usize) -> [[f32; WIDE]; R] {
+        combine(self.gate.rows2::<R>(t, i0), self.up.rows2::<R>(t, i0))
+    }
+}
+
+/// `SiLU(g) · u`, element by element.
+fn combine<const R: usize, const W: usize>(g: [[f32; W]; R], u: [[f32; W]; R]) -> [[f32; W]; R] {
+    std::array::from_fn(|i| std::array::from_fn(|c| silu(g[i][c]) * u[i][c]))
 }

@@ -7,14 +7,17 @@
 //! weight chunk, once loaded, is multiplied with `MR` activation rows. The work is split over
 //! (row block × tile group) pieces on candle's own CPU thread pool (the one its other ops use, so
 //! the two never compete for the cores). The instruction set is picked at run time
-//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX-VNNI (`vpdpbusd`) where the CPU has it,
-//! AVX2 + FMA + F16C where it has those, plain Rust everywhere else.
+//! ([`Isa::detect`](crate::engine::isa::Isa::detect)): AVX-512 VNNI (two tiles per 512-bit
+//! `vpdpbusd`) or AVX-VNNI (one tile per 256-bit `vpdpbusd`) where the CPU has them, AVX2 + FMA +
+//! F16C where it has those, plain Rust everywhere else.
 
 pub(crate) mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod fused;
 pub mod op;
 pub mod pack;

@@ -7,7 +7,7 @@ use super::act::QuantRows;
 use super::pack::{Packed, Tiles, TILE};
 use super::portable;
 #[cfg(target_arch = "x86_64")]
-use super::{avx2, avx2_k, vnni};
+use super::{avx2, avx2_k, avx512, vnni};
 use crate::engine::isa::{Isa, Kind};
 use crate::engine::shared_out::SharedMut;
 
@@ -15,8 +15,10 @@ use crate::engine::shared_out::SharedMut;
 const MR: usize = 4;
 /// Activation rows per work piece: their int8 values stay in L2 while the tiles stream past.
 const ROW_BLOCK: usize = 64;
-/// Tiles per work piece.
+/// Tiles per work piece (an even number: the AVX-512 kernels take tiles in pairs).
 const TILE_GROUP: usize = 4;
+/// Output columns of a two-tile kernel call.
+pub(super) const WIDE: usize = 2 * TILE;
 
 /// `out[i * n + j] = Σ_k x[i * k + c] · W[j, c]` for `m` rows of `x`.
 pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
@@ -70,12 +72,16 @@ impl Pieces {
     }
 }
 
-/// What a piece computes for `R` activation rows and one tile of output columns.
+/// What a piece computes for `R` activation rows and one tile (or two) of output columns.
 pub(super) trait TileOp: Sync {
     /// Output columns.
     fn n(&self) -> usize;
+    /// Whether [`TileOp::rows2`] runs two tiles in one kernel call (the AVX-512 kernels).
+    fn wide(&self) -> bool;
     /// Rows `i0..i0 + R` times tile `t`.
     fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R];
+    /// Rows `i0..i0 + R` times tiles `t` and `t + 1`.
+    fn rows2<const R: usize>(&self, t: usize, i0: usize) -> [[f32; WIDE]; R];
 }
 
 /// One matrix product.
@@ -90,12 +96,34 @@ impl TileOp for Single<'_> {
         self.w.n
     }
 
+    fn wide(&self) -> bool {
+        self.isa.kind() == Kind::Avx512Vnni
+    }
+
     fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R] {
         tile_rows::<R>(self.w, self.act, t, i0, self.isa)
     }
+
+    fn rows2<const R: usize>(&self, t: usize, i0: usize) -> [[f32; WIDE]; R] {
+        let kb = self.w.blocks();
+        #[cfg(target_arch = "x86_64")]
+        if self.wide() {
+            let (a, b) = (t * kb..(t + 1) * kb, (t + 1) * kb..(t + 2) * kb);
+            // SAFETY: an `Isa` of kind AVX-512 VNNI exists only after run-time detection of
+            // AVX-512 F, BW and VNNI, AVX2, FMA and F16C (`engine::isa`); the kernel asserts the
+            // row and block extents itself (and the tile ranges are bounds-checked slices).
+            return unsafe { avx512::tile_rows::<R>(&self.w.tiles, a, b, self.act, i0) };
+        }
+        let _ = kb;
+        let (a, b) = (self.rows::<R>(t, i0), self.rows::<R>(t + 1, i0));
+        std::array::from_fn(|i| {
+            std::array::from_fn(|c| if c < TILE { a[i][c] } else { b[i][c - TILE] })
+        })
+    }
 }
 
-/// One work piece: a block of rows times a group of tiles, `MR` rows per kernel call.
+/// One work piece: a block of rows times a group of tiles, `MR` rows per kernel call, tiles in
+/// pairs where the op runs two at once.
 pub(super) fn piece_rows(
     op: &impl TileOp,
     ptr: SharedMut<'_, f32>,
@@ -103,19 +131,31 @@ pub(super) fn piece_rows(
     tiles: Range<usize>,
 ) {
     let n = op.n();
-    for t in tiles {
-        let cols = t * TILE..((t + 1) * TILE).min(n);
+    let mut t = tiles.start;
+    while t < tiles.end {
+        let step = if op.wide() && t + 1 < tiles.end { 2 } else { 1 };
+        let cols = t * TILE..((t + step) * TILE).min(n);
         let mut i0 = rows.start;
         while i0 < rows.end {
             let mr = (rows.end - i0).min(MR);
-            match mr {
-                4 => put(ptr, n, i0, &cols, &op.rows::<4>(t, i0)),
-                3 => put(ptr, n, i0, &cols, &op.rows::<3>(t, i0)),
-                2 => put(ptr, n, i0, &cols, &op.rows::<2>(t, i0)),
-                _ => put(ptr, n, i0, &cols, &op.rows::<1>(t, i0)),
+            macro_rules! run {
+                ($rows:ident) => {
+                    match mr {
+                        4 => put(ptr, n, i0, &cols, &op.$rows::<4>(t, i0)),
+                        3 => put(ptr, n, i0, &cols, &op.$rows::<3>(t, i0)),
+                        2 => put(ptr, n, i0, &cols, &op.$rows::<2>(t, i0)),
+                        _ => put(ptr, n, i0, &cols, &op.$rows::<1>(t, i0)),
+                    }
+                };
+            }
+            if step == 2 {
+                run!(rows2)
+            } else {
+                run!(rows)
             }
             i0 += mr;
         }
+        t += step;
     }
 }
 
@@ -135,24 +175,37 @@ fn tile_rows<const R: usize>(
         // and AVX-VNNI (`engine::isa`); each kernel asserts the row and block extents itself.
         (tiles, Kind::AvxVnni) => unsafe { vnni::tile_rows::<R>(tiles, blocks, act, i0) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa` of kind AVX2 exists only after run-time detection of AVX2, FMA and F16C
+        // SAFETY: an `Isa` of kind AVX2 (or AVX-512 VNNI, whose single tiles, such as a piece's
+        // odd last one, run here) exists only after run-time detection of AVX2, FMA and F16C
         // (`engine::isa`); the kernel asserts the row and block extents itself.
-        (Tiles::Q8(tiles), Kind::Avx2) => unsafe { avx2::q8_rows::<R>(&tiles[blocks], act, i0) },
+        (Tiles::Q8(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2::q8_rows::<R>(&tiles[blocks], act, i0)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Tiles::Q4(tiles), Kind::Avx2) => unsafe { avx2::q4_rows::<R>(&tiles[blocks], act, i0) },
+        (Tiles::Q4(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2::q4_rows::<R>(&tiles[blocks], act, i0)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Tiles::Q5(tiles), Kind::Avx2) => unsafe { avx2::q5_rows::<R>(&tiles[blocks], act, i0) },
+        (Tiles::Q5(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2::q5_rows::<R>(&tiles[blocks], act, i0)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (detection also requires F16C, which this kernel uses).
-        (Tiles::Q6(tiles), Kind::Avx2) => unsafe { avx2_k::q6_rows::<R>(&tiles[blocks], act, i0) },
+        (Tiles::Q6(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2_k::q6_rows::<R>(&tiles[blocks], act, i0)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Tiles::Q3(tiles), Kind::Avx2) => unsafe { avx2_k::q3_rows::<R>(&tiles[blocks], act, i0) },
+        (Tiles::Q3(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2_k::q3_rows::<R>(&tiles[blocks], act, i0)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        (Tiles::Q2(tiles), Kind::Avx2) => unsafe { avx2_k::q2_rows::<R>(&tiles[blocks], act, i0) },
+        (Tiles::Q2(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2_k::q2_rows::<R>(&tiles[blocks], act, i0)
+        },
         (Tiles::Q8(tiles), _) => portable::q8_rows::<R>(&tiles[blocks], act, i0),
         (Tiles::Q4(tiles), _) => portable::q4_rows::<R>(&tiles[blocks], act, i0),
         (Tiles::Q5(tiles), _) => portable::q5_rows::<R>(&tiles[blocks], act, i0),
@@ -162,13 +215,13 @@ fn tile_rows<const R: usize>(
     }
 }
 
-/// Writes the valid columns of a tile's results for rows `i0..i0 + R`.
-fn put<const R: usize>(
+/// Writes the valid columns of a tile's (or two tiles') results for rows `i0..i0 + R`.
+fn put<const R: usize, const W: usize>(
     out: SharedMut<'_, f32>,
     n: usize,
     i0: usize,
     cols: &Range<usize>,
-    vals: &[[f32; TILE]; R],
+    vals: &[[f32; W]; R],
 ) {
     for (i, row) in vals.iter().enumerate() {
         // SAFETY: row i0 + i, columns `cols`, is written by this piece only: pieces own disjoint

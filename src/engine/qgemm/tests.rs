@@ -56,6 +56,10 @@ fn isas() -> Vec<Isa> {
         Some(simd) => isas.push(simd),
         None => eprintln!("skipped: the AVX-VNNI kernels (this CPU has no AVX-VNNI)"),
     }
+    match Isa::avx512_vnni() {
+        Some(simd) => isas.push(simd),
+        None => eprintln!("skipped: the AVX-512 VNNI kernels (this CPU has no AVX-512 VNNI)"),
+    }
     isas
 }
 
@@ -180,23 +184,32 @@ fn simd_and_portable_kernels_agree() {
     }
 }
 
-/// The AVX-VNNI kernels sum the same integers as the AVX2 ones (exactly, in i32) and finish them
-/// with the same float operations in the same order, so the two agree to the bit.
+/// The VNNI kernels (AVX-VNNI, AVX-512 VNNI) sum the same integers as the AVX2 ones (exactly, in
+/// i32) and finish them with the same float operations in the same order, so all agree to the bit.
 #[test]
-fn avx_vnni_and_avx2_kernels_agree_to_the_bit() {
-    let (Some(vnni), Some(avx2)) = (Isa::avx_vnni(), Isa::avx2()) else {
-        eprintln!("skipped: this CPU lacks AVX-VNNI (or AVX2); nothing to compare");
+fn vnni_and_avx2_kernels_agree_to_the_bit() {
+    let Some(avx2) = Isa::avx2() else {
+        eprintln!("skipped: this CPU lacks AVX2; nothing to compare");
         return;
     };
-    for dtype in TYPES {
-        for (m, n, k) in shapes(dtype) {
-            let (p, _) = weights(dtype, n, k, 11);
-            // Uniform activations: many bytes near ±127, the AVX2 kernels' i16 sums near their limits.
-            let x = random(m * k, 12, 50.0);
-            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
-            matmul(&p, &x, m, &mut a, vnni);
-            matmul(&p, &x, m, &mut b, avx2);
-            assert_eq!(a, b, "{dtype:?} m={m} n={n} k={k}");
+    let vnni: Vec<Isa> = [Isa::avx_vnni(), Isa::avx512_vnni()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if vnni.len() < 2 {
+        eprintln!("skipped: this CPU lacks AVX-VNNI or AVX-512 VNNI (compared: {vnni:?})");
+    }
+    for isa in vnni {
+        for dtype in TYPES {
+            for (m, n, k) in shapes(dtype) {
+                let (p, _) = weights(dtype, n, k, 11);
+                // Uniform activations: many bytes near ±127, the AVX2 i16 sums near their limits.
+                let x = random(m * k, 12, 50.0);
+                let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
+                matmul(&p, &x, m, &mut a, isa);
+                matmul(&p, &x, m, &mut b, avx2);
+                assert_eq!(a, b, "{dtype:?} {isa:?} m={m} n={n} k={k}");
+            }
         }
     }
 }

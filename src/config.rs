@@ -506,6 +506,7 @@ impl WorkerConfig {
                     )));
                 }
             }
+            weakened_durability(k)?;
         }
         if let Some(a) = &self.amqp {
             if a.inputs.is_empty() {
@@ -518,6 +519,10 @@ impl WorkerConfig {
             }
             if a.publish_channels == 0 {
                 return bad("amqp.publish_channels must be positive");
+            }
+            if a.uri.parse::<lapin::uri::AMQPUri>().is_err() {
+                // The parser's own message quotes the URI, password and all: not shown.
+                return bad("amqp.uri does not parse as amqp[s]://user:password@host[:port]/vhost (not shown: it may hold a password; percent-encode '/', '@', ':' and '%' in the user name and password)");
             }
             if a.prefetch == Some(0) {
                 return bad("amqp.prefetch must be positive (0 means unlimited to RabbitMQ)");
@@ -552,6 +557,34 @@ impl WorkerConfig {
         redact(&mut v, "");
         toml::to_string_pretty(&v).expect("a TOML table serialises")
     }
+}
+
+/// The producer settings labelmill's delivery guarantee rests on (offsets are stored only after a
+/// write every in-sync replica has, written once): a property may repeat them, never weaken them.
+const DURABLE_PRODUCER: [(&str, &[&str]); 3] = [
+    ("acks", &["all", "-1"]),
+    ("request.required.acks", &["all", "-1"]),
+    ("enable.idempotence", &["true"]),
+];
+
+/// Refuses `properties` / `producer_properties` that would weaken the producer's durability.
+fn weakened_durability(k: &KafkaConfig) -> Result<(), ConfigError> {
+    for (key, durable) in DURABLE_PRODUCER {
+        for (section, props) in [
+            ("properties", &k.properties),
+            ("producer_properties", &k.producer_properties),
+        ] {
+            if let Some(v) = props.get(key) {
+                if !durable.contains(&v.trim().to_lowercase().as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "kafka.{section}.\"{key}\" = \"{v}\" would weaken the producer's durability: labelmill sets {key} = {} (offsets are stored only after results are durably written)",
+                        durable[0]
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A name that appears with both lanes.
@@ -627,9 +660,16 @@ fn parse_scalar(s: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(s.to_string()))
 }
 
+/// Keys whose values are never shown: anything named a password or secret, librdkafka's inline
+/// private key and keystore settings, and every OAUTHBEARER setting (tokens, client secrets,
+/// extensions).
 fn is_secret(key: &str) -> bool {
     let k = key.to_lowercase();
-    k.contains("password") || k.contains("secret") || k.ends_with("oauthbearer.config")
+    k.contains("password")
+        || k.contains("secret")
+        || k == "ssl.key.pem"
+        || k.starts_with("ssl.keystore.")
+        || k.starts_with("sasl.oauthbearer.")
 }
 
 fn redact(v: &mut toml::Value, key: &str) {
@@ -646,14 +686,20 @@ fn redact(v: &mut toml::Value, key: &str) {
     }
 }
 
-/// `amqp://user:pass@host/` -> `amqp://user:****@host/`.
+/// `amqp://user:pass@host/` -> `amqp://user:****@host/`. Everything between the scheme and the
+/// last `@` counts as the user part (a raw `/` or `@` in a password included); a string without
+/// `://` that has an `@` or a `:` after its scheme is not shown at all.
 pub fn redact_uri(uri: &str) -> String {
     let Some(scheme_end) = uri.find("://") else {
-        return uri.to_string();
+        let after_scheme = uri.split_once(':').map_or("", |(_, rest)| rest);
+        return if uri.contains('@') || after_scheme.contains(':') {
+            "**** (not a URI; not shown)".to_string()
+        } else {
+            uri.to_string()
+        };
     };
     let rest = &uri[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    let Some(at) = rest.rfind('@') else {
         return uri.to_string();
     };
     match rest[..at].find(':') {
@@ -819,6 +865,86 @@ dead_letter_routing_key = "dead"
         );
         assert!(shown.contains("SASL_SSL"));
         assert_eq!(redact_uri("amqp://host/"), "amqp://host/");
+    }
+
+    #[test]
+    fn uris_the_parser_rejects_never_show_their_password() {
+        for (uri, secret) in [
+            ("amqp:user:pw-one@host", "pw-one"),
+            ("amqp://user:pa/ss-two@host:5672/%2f", "ss-two"),
+            ("amqp://user:p@ss-three@host/", "ss-three"),
+            ("amqps://svc:four:colon@rabbit/", "colon"),
+        ] {
+            let shown = redact_uri(uri);
+            assert!(!shown.contains(secret), "{uri} shown as {shown}");
+        }
+        assert_eq!(redact_uri("amqp://u:pw@h/v"), "amqp://u:****@h/v");
+        // A URI the AMQP parser refuses is refused at start-up without quoting it.
+        let text = BASE.replace(
+            "amqps://svc:s3cret@rabbit:5671/%2f",
+            "amqp:svc:s3cret@rabbit",
+        );
+        assert_ne!(text, BASE, "the test's base config changed");
+        let e = WorkerConfig::parse(&text, "t", vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("amqp.uri") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn every_librdkafka_secret_is_redacted() {
+        let secrets = [
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----MIIEvQ"),
+            ("ssl.key.password", "keypass-1"),
+            ("ssl.keystore.password", "storepass-2"),
+            ("ssl.keystore.location", "/secrets/store-3.p12"),
+            ("sasl.oauthbearer.client.secret", "oauth-4"),
+            ("sasl.oauthbearer.config", "principal=svc token-5"),
+            ("sasl.oauthbearer.extensions", "ext-6"),
+            ("sasl.password", "sasl-7"),
+        ];
+        let mut c = WorkerConfig::parse(BASE, "t", vars(&[])).unwrap();
+        let k = c.kafka.as_mut().unwrap();
+        for (key, v) in secrets {
+            k.properties.insert(key.into(), v.into());
+            k.producer_properties.insert(key.into(), v.into());
+        }
+        let shown = c.redacted_toml();
+        for (key, v) in secrets {
+            assert!(!shown.contains(v), "{key} shown: {shown}");
+        }
+    }
+
+    #[test]
+    fn producer_durability_cannot_be_weakened() {
+        for (section, key, value) in [
+            ("producer_properties", "acks", "1"),
+            ("producer_properties", "acks", "0"),
+            ("properties", "acks", "leader"),
+            ("producer_properties", "request.required.acks", "1"),
+            ("producer_properties", "enable.idempotence", "false"),
+            ("properties", "enable.idempotence", "false"),
+        ] {
+            let env = format!(
+                "LABELMILL_KAFKA__{}__{}",
+                section.to_uppercase(),
+                key.to_uppercase().replace('.', "_")
+            );
+            let e = WorkerConfig::parse(BASE, "t", vars(&[(&env, value)]));
+            let msg = e
+                .expect_err(&format!("{section}.{key} = {value} accepted"))
+                .to_string();
+            assert!(msg.contains(key) && msg.contains("durab"), "{msg}");
+        }
+        // Repeating the durable values is allowed.
+        for (key, value) in [
+            ("ACKS", "all"),
+            ("ACKS", "-1"),
+            ("ENABLE_IDEMPOTENCE", "true"),
+        ] {
+            let env = format!("LABELMILL_KAFKA__PRODUCER_PROPERTIES__{key}");
+            assert!(WorkerConfig::parse(BASE, "t", vars(&[(&env, value)])).is_ok());
+        }
     }
 
     #[test]

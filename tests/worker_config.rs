@@ -94,3 +94,67 @@ dead_letter_routing_key = "dead"
     let out = check(&cfg, &[("LABELMILL_AMQP__PREFETCH", "-1")]);
     assert!(!out.status.success(), "a negative prefetch is refused");
 }
+
+/// Secrets planted in the file and in the environment appear in no output of `config check`,
+/// whether the configuration is valid or refused (here for a password with a raw `/`, which the
+/// AMQP parser rejects with a message that quotes the URI).
+#[test]
+fn no_secret_reaches_the_output_of_config_check() {
+    let setup = Setup::new();
+    let body = r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+inputs = [{ topic = "docs", task = "ticket" }]
+results_topic = "results"
+dead_letter_topic = "dead"
+properties = { "security.protocol" = "SSL", "ssl.key.pem" = "-----BEGIN PRIVATE KEY-----planted-pem", "sasl.oauthbearer.client.secret" = "planted-oauth" }
+producer_properties = { "ssl.keystore.password" = "planted-store" }
+
+[amqp]
+uri = "amqps://svc:planted%2Furi-pw@rabbit:5671/%2f"
+inputs = [{ queue = "docs" }]
+results_routing_key = "results"
+dead_letter_routing_key = "dead"
+"#;
+    let env = [
+        (
+            "LABELMILL_KAFKA__PROPERTIES__SSL_KEY_PASSWORD",
+            "planted-env-key",
+        ),
+        (
+            "LABELMILL_KAFKA__CONSUMER_PROPERTIES__SASL_PASSWORD",
+            "planted-env-sasl",
+        ),
+    ];
+    let planted = [
+        "planted-pem",
+        "planted-oauth",
+        "planted-store",
+        "uri-pw",
+        "planted-env-key",
+        "planted-env-sasl",
+    ];
+    let valid = setup.config("valid.toml", body);
+    let broken = setup.config(
+        "broken.toml",
+        &body.replace("planted%2Furi-pw", "planted/uri-pw"),
+    );
+    for (cfg, ok) in [(valid, true), (broken, false)] {
+        let out = check(&cfg, &env);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), ok, "{all}");
+        for secret in planted {
+            assert!(!all.contains(secret), "'{secret}' in the output: {all}");
+        }
+        if !ok {
+            assert!(
+                all.contains("amqp.uri"),
+                "the refusal names the setting: {all}"
+            );
+        }
+    }
+}

@@ -324,9 +324,17 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of the Prometheus sample `name{labels}` in `text`, where every `k="v"` of `labels`
-/// must be among the sample's labels; summed over the samples that match.
+/// must be among the sample's labels; summed over the samples that match. A series that is not
+/// there is an error (a misnamed metric must not read as 0): see [`metric_opt`] to poll for one.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
+    metric_opt(text, name, labels)
+        .unwrap_or_else(|| panic!("no series {name}{labels:?} in the metrics:\n{text}"))
+}
+
+/// As [`metric`], `None` where no sample matches.
+pub fn metric_opt(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
@@ -342,5 +350,6 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

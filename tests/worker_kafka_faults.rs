@@ -206,13 +206,16 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
             tx,
             stop_rx,
         ));
-        // Longer than max.poll.interval.ms: a source that stopped polling would be thrown out.
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // Well past max.poll.interval.ms (6 s): a source that stopped polling would be thrown out
+        // and, re-assigned, read from offset 0 again. (At 8 s a source with the pause logic
+        // removed still passed: the leave had not happened yet; at 16 s it fails.)
+        tokio::time::sleep(Duration::from_secs(16)).await;
         let mut first = Vec::new();
         while let Ok(d) = rx.try_recv() {
             first.push(d);
         }
         assert_eq!(first.len(), 5, "only as many messages as slots were read");
+        assert_eq!(offsets_of(&first), (0..5).collect::<Vec<i64>>());
         // Free the slots without acknowledging: five more come in.
         first.clear();
         let start = std::time::Instant::now();
@@ -229,11 +232,23 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
         let assigned = consumer.assignment().unwrap().count();
         let _ = stop_tx.send(true);
         source.await.unwrap();
-        (second.len(), assigned)
+        (offsets_of(&second), assigned)
     });
+    // The next five, not the first five again: a consumer thrown out of the group for not polling
+    // would be re-assigned and read from the committed offset (0) once more.
     assert_eq!(
         got,
-        (5, 1),
-        "five more after the slots freed; still assigned after 8 s paused"
+        ((5..10).collect::<Vec<i64>>(), 1),
+        "offsets 5..9 after the slots freed; still assigned after 16 s paused"
     );
+}
+
+/// The Kafka offsets of `ds`, in order.
+fn offsets_of(ds: &[labelmill::source::Delivery]) -> Vec<i64> {
+    ds.iter()
+        .map(|d| match &d.origin {
+            labelmill::source::Origin::Kafka { offset, .. } => *offset,
+            other => panic!("not a Kafka delivery: {other:?}"),
+        })
+        .collect()
 }

@@ -17,11 +17,7 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 #[test]
 fn produce_errors_and_broker_outage_lose_nothing_and_never_commit_early() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     for (t, p) in [("in", 2), ("results", 1), ("escalate", 1), ("dead", 1)] {
@@ -161,11 +157,7 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
     use std::sync::Arc;
     use tokio::sync::{mpsc, watch, Semaphore};
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     mock.create_topic("in", 1, 1).unwrap();
@@ -261,11 +253,7 @@ fn compressed_topics_are_read_with_every_codec() {
     use std::sync::Arc;
     use tokio::sync::{mpsc, watch, Semaphore};
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     for codec in ["gzip", "snappy", "lz4", "zstd"] {
@@ -322,4 +310,13 @@ fn compressed_topics_are_read_with_every_codec() {
         let want: Vec<Vec<u8>> = docs.iter().map(|d| d.1.clone()).collect();
         assert_eq!(got, want, "{codec}: every record read, in order, intact");
     }
+}
+
+/// A two-thread runtime for the tests that drive the worker's parts from plain threads.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -88,15 +88,8 @@ pub unsafe fn q4_rows<const MR: usize>(
                 *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, xh));
             }
         }
-        let dw = _mm256_load_ps(tb.d.as_ptr());
-        let mw = _mm256_load_ps(tb.m.as_ptr());
-        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
-            let at = (i0 + i) * kb + b;
-            let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(s, ones));
-            let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
-            let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
-            *a = _mm256_fnmadd_ps(mw, sx, _mm256_fmadd_ps(s, _mm256_mul_ps(dw, dx), *a));
-        }
+        let sums = sums.map(|s| _mm256_madd_epi16(s, ones));
+        finish_offset(&mut acc, sums, (&tb.d, &tb.m), act, i0 * kb + b);
     }
     store(acc)
 }
@@ -148,17 +141,35 @@ pub unsafe fn q5_rows<const MR: usize>(
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
             }
         }
-        let dw = _mm256_load_ps(tb.d.as_ptr());
-        let mw = _mm256_load_ps(tb.m.as_ptr());
-        for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
-            let at = (i0 + i) * kb + b;
-            let s = _mm256_cvtepi32_ps(s);
-            let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
-            let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
-            *a = _mm256_fnmadd_ps(mw, sx, _mm256_fmadd_ps(s, _mm256_mul_ps(dw, dx), *a));
-        }
+        finish_offset(&mut acc, sums, (&tb.d, &tb.m), act, i0 * kb + b);
     }
     store(acc)
+}
+
+/// The 4- and 5-bit types' block finish for each row `i`: `acc + d · dx · s − m · Σx`, with the
+/// row's exact i32 block sum `s`, its activation scale `dx` and block sum `Σx` (`ds`), at index
+/// `at0 + i · kb` of `act`.
+///
+/// # Safety
+/// AVX2 and FMA; rows `at0 / kb .. + MR` inside `act` (asserted by the callers' extents).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn finish_offset<const MR: usize>(
+    acc: &mut [__m256; MR],
+    sums: [__m256i; MR],
+    (d, m): (&[f32; TILE], &[f32; TILE]),
+    act: &QuantRows,
+    at0: usize,
+) {
+    let kb = act.blocks();
+    let dw = _mm256_load_ps(d.as_ptr());
+    let mw = _mm256_load_ps(m.as_ptr());
+    for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
+        let at = at0 + i * kb;
+        let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
+        let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
+        let t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), *a);
+        *a = _mm256_fnmadd_ps(mw, sx, t);
+    }
 }
 
 #[target_feature(enable = "avx2,fma")]

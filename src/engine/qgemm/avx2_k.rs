@@ -57,6 +57,27 @@ pub unsafe fn q6_rows<const MR: usize>(
     store(acc)
 }
 
+/// Chunk `c`'s Q2_K values (0..3): group `c % 2` shifted by `2 · (c / 2)`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn q2_chunk(g: &[__m256i; 2], c: usize) -> __m256i {
+    let shifted = _mm256_srl_epi16(g[c % 2], _mm_cvtsi32_si128(2 * (c / 2) as i32));
+    _mm256_and_si256(shifted, _mm256_set1_epi8(3))
+}
+
+/// Chunk `c`'s Q3_K values (0..7): the two low bits as [`q2_chunk`], the third from bit `c` of
+/// `qh` moved to bit 2 (16-bit shifts of at most 5: no kept bit crosses a byte).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn q3_chunk(g: &[__m256i; 2], qh: __m256i, c: usize) -> __m256i {
+    let high = if c <= 2 {
+        _mm256_sll_epi16(qh, _mm_cvtsi32_si128(2 - c as i32))
+    } else {
+        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(c as i32 - 2))
+    };
+    _mm256_or_si256(q2_chunk(g, c), _mm256_and_si256(high, _mm256_set1_epi8(4)))
+}
+
 /// Row r's sub-scale to i16 lanes 2r and 2r + 1 (where `maddubs` leaves row r's pairs), from 16
 /// bytes `[half 0 of rows 0..8, half 1 of rows 0..8]`: `(half 0, half 1)`.
 #[target_feature(enable = "avx2,fma")]
@@ -101,7 +122,6 @@ pub unsafe fn q3_rows<const MR: usize>(
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
     assert_extents(tiles.len(), act, i0, MR);
-    let (three, bit2) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
     for (b, tb) in tiles.iter().enumerate() {
@@ -112,14 +132,7 @@ pub unsafe fn q3_rows<const MR: usize>(
         let qh = _mm256_load_si256(tb.qh.as_ptr() as *const __m256i);
         let mut halves = [[_mm256_setzero_si256(); 2]; MR];
         for c in 0..TILE {
-            let low = _mm256_srl_epi16(g[c % 2], _mm_cvtsi32_si128(2 * (c / 2) as i32));
-            // Bit c of qh to bit 2: 16-bit shifts of at most 5, no kept bit crosses a byte.
-            let high = if c <= 2 {
-                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(2 - c as i32))
-            } else {
-                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(c as i32 - 2))
-            };
-            let w = _mm256_or_si256(_mm256_and_si256(low, three), _mm256_and_si256(high, bit2));
+            let w = q3_chunk(&g, qh, c);
             for (i, s) in halves.iter_mut().enumerate() {
                 let xp = xq.add((i0 + i) * k + b * BLOCK + c * 4) as *const i32;
                 let x = _mm256_set1_epi32(xp.read_unaligned());
@@ -159,7 +172,6 @@ pub unsafe fn q2_rows<const MR: usize>(
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
     assert_extents(tiles.len(), act, i0, MR);
-    let three = _mm256_set1_epi8(3);
     let nib = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
@@ -171,8 +183,7 @@ pub unsafe fn q2_rows<const MR: usize>(
         ];
         let mut halves = [[_mm256_setzero_si256(); 2]; MR];
         for c in 0..TILE {
-            let shifted = _mm256_srl_epi16(g[c % 2], _mm_cvtsi32_si128(2 * (c / 2) as i32));
-            let w = _mm256_and_si256(shifted, three);
+            let w = q2_chunk(&g, c);
             for (i, s) in halves.iter_mut().enumerate() {
                 let xp = xq.add((i0 + i) * k + b * BLOCK + c * 4) as *const i32;
                 let x = _mm256_set1_epi32(xp.read_unaligned());

@@ -105,16 +105,15 @@ impl TileOp for Single<'_> {
     }
 
     fn rows2<const R: usize>(&self, t: usize, i0: usize) -> [[f32; WIDE]; R] {
-        let kb = self.w.blocks();
         #[cfg(target_arch = "x86_64")]
         if self.wide() {
+            let kb = self.w.blocks();
             let (a, b) = (t * kb..(t + 1) * kb, (t + 1) * kb..(t + 2) * kb);
             // SAFETY: an `Isa` of kind AVX-512 VNNI exists only after run-time detection of
             // AVX-512 F, BW and VNNI, AVX2, FMA and F16C (`engine::isa`); the kernel asserts the
             // row and block extents itself (and the tile ranges are bounds-checked slices).
             return unsafe { avx512::tile_rows::<R>(&self.w.tiles, a, b, self.act, i0) };
         }
-        let _ = kb;
         let (a, b) = (self.rows::<R>(t, i0), self.rows::<R>(t + 1, i0));
         std::array::from_fn(|i| {
             std::array::from_fn(|c| if c < TILE { a[i][c] } else { b[i][c - TILE] })

@@ -10,8 +10,8 @@
 use std::arch::x86_64::*;
 
 use super::act::{QuantRows, BLOCK};
-use super::avx2::{assert_extents, store};
-use super::avx2_k::{half_sums, row_pairs};
+use super::avx2::{assert_extents, finish_offset, store};
+use super::avx2_k::{half_sums, q2_chunk, q3_chunk, row_pairs};
 use super::pack::{TileQ2, TileQ3, TileQ4, TileQ5, TileQ6, TileQ8, Tiles, TILE};
 
 /// Rows `i0..i0 + R` of `act` times the tile blocks `blocks` of `tiles`, on the kernel for their
@@ -74,28 +74,6 @@ unsafe fn q8_rows<const MR: usize>(
         }
     }
     store(acc)
-}
-
-/// `acc − m · Σx + d · dx · s` for each row: the 4- and 5-bit types' block finish.
-#[inline]
-#[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn finish_offset<const MR: usize>(
-    acc: &mut [__m256; MR],
-    sums: [__m256i; MR],
-    (d, m): (&[f32; TILE], &[f32; TILE]),
-    act: &QuantRows,
-    at0: usize,
-) {
-    let kb = act.blocks();
-    let dw = _mm256_load_ps(d.as_ptr());
-    let mw = _mm256_load_ps(m.as_ptr());
-    for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
-        let at = at0 + i * kb;
-        let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
-        let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
-        let t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), *a);
-        *a = _mm256_fnmadd_ps(mw, sx, t);
-    }
 }
 
 /// Q4_0, Q4_1, Q4_K: nibbles (0..15) straight into `vpdpbusd`; the offsets as `m · Σx`.
@@ -244,7 +222,6 @@ unsafe fn q3_rows<const MR: usize>(
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
     assert_extents(tiles.len(), act, i0, MR);
-    let (three, bit2) = (_mm256_set1_epi8(3), _mm256_set1_epi8(4));
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
     for (b, tb) in tiles.iter().enumerate() {
@@ -255,14 +232,7 @@ unsafe fn q3_rows<const MR: usize>(
         let qh = _mm256_load_si256(tb.qh.as_ptr() as *const __m256i);
         let mut halves = [[_mm256_setzero_si256(); 2]; MR];
         for c in 0..TILE {
-            let low = _mm256_srl_epi16(g[c % 2], _mm_cvtsi32_si128(2 * (c / 2) as i32));
-            // Bit c of qh to bit 2: 16-bit shifts of at most 5, no kept bit crosses a byte.
-            let high = if c <= 2 {
-                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(2 - c as i32))
-            } else {
-                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(c as i32 - 2))
-            };
-            let w = _mm256_or_si256(_mm256_and_si256(low, three), _mm256_and_si256(high, bit2));
+            let w = q3_chunk(&g, qh, c);
             for (i, s) in halves.iter_mut().enumerate() {
                 let x = bcast(xq.add((i0 + i) * k + b * BLOCK + c * 4));
                 s[c / 4] = _mm256_dpbusd_avx_epi32(s[c / 4], w, x);
@@ -291,7 +261,6 @@ unsafe fn q2_rows<const MR: usize>(
 ) -> [[f32; TILE]; MR] {
     let (k, kb) = (act.k, act.blocks());
     assert_extents(tiles.len(), act, i0, MR);
-    let three = _mm256_set1_epi8(3);
     let nib = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); MR];
     let xq = act.q.as_ptr();
@@ -303,8 +272,7 @@ unsafe fn q2_rows<const MR: usize>(
         ];
         let mut halves = [[_mm256_setzero_si256(); 2]; MR];
         for c in 0..TILE {
-            let shifted = _mm256_srl_epi16(g[c % 2], _mm_cvtsi32_si128(2 * (c / 2) as i32));
-            let w = _mm256_and_si256(shifted, three);
+            let w = q2_chunk(&g, c);
             for (i, s) in halves.iter_mut().enumerate() {
                 let x = bcast(xq.add((i0 + i) * k + b * BLOCK + c * 4));
                 s[c / 4] = _mm256_dpbusd_avx_epi32(s[c / 4], w, x);

@@ -150,6 +150,11 @@ pub struct BatchingConfig {
     /// While live batches wait, the share of engine batches still given to the backfill lane (so
     /// it keeps progressing under sustained live load); 0 is strict priority.
     pub backfill_share: f64,
+    /// A batch still running after this long, and after 20 times its expected time (its tokens at
+    /// the measured tokens/s), counts as a stuck engine: `/healthz` fails so the orchestrator
+    /// restarts the worker; nothing of that batch is acknowledged.
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 impl Default for BatchingConfig {
@@ -161,6 +166,7 @@ impl Default for BatchingConfig {
             max_in_flight: 256,
             backfill_in_flight: None,
             backfill_share: 0.1,
+            stall_after: Duration::from_secs(120),
         }
     }
 }
@@ -349,6 +355,33 @@ pub struct AmqpConfig {
     /// output routing key bound to it (for a quick start; in production the operator owns it).
     #[serde(default)]
     pub declare: bool,
+    /// Largest message published (RabbitMQ's `max_message_size`, 16 MiB by default since 4.0):
+    /// larger results go to the dead letters as `result_too_large`, and dead letters cut the
+    /// payload they carry to fit.
+    #[serde(default = "default_amqp_max_message")]
+    pub max_message_bytes: usize,
+    /// TLS for `amqps://` URIs: a CA bundle to trust and a client certificate (mutual TLS).
+    #[serde(default)]
+    pub tls: AmqpTls,
+}
+
+/// TLS files for RabbitMQ connections (PEM; relative paths are relative to the config file).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTls {
+    /// CA certificates to trust (instead of the system's store), PEM.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain for mutual TLS, PEM (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key, PKCS#8 PEM (with `cert_file`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+fn default_amqp_max_message() -> usize {
+    16 << 20
 }
 
 fn default_publish_channels() -> usize {
@@ -415,9 +448,15 @@ impl WorkerConfig {
         let mut cfg = Self::parse(&text, &path.display().to_string(), std::env::vars())?;
         // Relative model and task paths are relative to the config file, not the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
+        let tls = cfg.amqp.as_mut().map(|a| &mut a.tls);
+        let tls_files = tls
+            .into_iter()
+            .flat_map(|t| [&mut t.ca_file, &mut t.cert_file, &mut t.key_file])
+            .flatten();
         for p in [&mut cfg.model.model, &mut cfg.model.tasks]
             .into_iter()
             .chain(cfg.model.tokenizer.as_mut())
+            .chain(tls_files)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -526,6 +565,15 @@ impl WorkerConfig {
             }
             if a.prefetch == Some(0) {
                 return bad("amqp.prefetch must be positive (0 means unlimited to RabbitMQ)");
+            }
+            if a.tls.cert_file.is_some() != a.tls.key_file.is_some() {
+                return bad("amqp.tls: cert_file and key_file go together (mutual TLS needs both)");
+            }
+            let tls_set = a.tls.ca_file.is_some() || a.tls.cert_file.is_some();
+            if tls_set && !a.uri.trim_start().starts_with("amqps://") {
+                return bad(
+                    "amqp.tls is set but amqp.uri is not amqps://: the files would not be used",
+                );
             }
         }
         if !self.routing.escalate_below.is_empty() {

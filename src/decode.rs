@@ -43,7 +43,25 @@ pub enum DecodeError {
     /// The task is not defined, or none is given while several are.
     #[error("{0}")]
     UnknownTask(String),
+    /// The id is longer than [`MAX_ID_BYTES`].
+    #[error("the id has {len} bytes; the limit is {MAX_ID_BYTES}")]
+    IdTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// `meta` is larger than [`MAX_META_BYTES`] as JSON.
+    #[error("meta has {size} bytes as JSON; the limit is {MAX_META_BYTES}")]
+    MetaTooLarge {
+        /// Its size.
+        size: usize,
+    },
 }
+
+/// Longest id (as JSON text, integers included): ids are echoed in every result and key results.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Largest `meta` object (as compact JSON): it is echoed in every result.
+pub const MAX_META_BYTES: usize = 64 * 1024;
 
 impl DecodeError {
     /// The stable error code.
@@ -55,6 +73,8 @@ impl DecodeError {
             Self::SchemaInvalid(_) => "schema_invalid",
             Self::EmptyText => "empty_text",
             Self::UnknownTask(_) => "unknown_task",
+            Self::IdTooLong { .. } => "id_too_long",
+            Self::MetaTooLarge { .. } => "meta_too_large",
         }
     }
 }
@@ -83,8 +103,18 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<InputDoc, (DecodeError, 
             None,
         ));
     };
-    let id = obj.get("id").filter(|v| is_valid_id(v)).cloned();
+    let id = obj
+        .get("id")
+        .filter(|v| is_valid_id(v) && id_len(v) <= MAX_ID_BYTES)
+        .cloned();
     from_object(obj).map_err(|e| (e, id))
+}
+
+fn id_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        other => other.to_string().len(),
+    }
 }
 
 fn is_valid_id(v: &Value) -> bool {
@@ -103,6 +133,9 @@ fn from_object(mut obj: Map<String, Value>) -> Result<InputDoc, DecodeError> {
         Some(_) => return bad("'id' must be a non-empty string or an integer".into()),
         None => return bad("'id' is required".into()),
     };
+    if id_len(&id) > MAX_ID_BYTES {
+        return Err(DecodeError::IdTooLong { len: id_len(&id) });
+    }
     let text = match obj.remove("text") {
         Some(Value::String(s)) => s,
         Some(_) => return bad("'text' must be a string".into()),
@@ -118,6 +151,12 @@ fn from_object(mut obj: Map<String, Value>) -> Result<InputDoc, DecodeError> {
         None | Some(Value::Null) => None,
         Some(_) => return bad("'meta' must be an object".into()),
     };
+    if let Some(m) = &meta {
+        let size = serde_json::to_vec(m).map_or(usize::MAX, |v| v.len());
+        if size > MAX_META_BYTES {
+            return Err(DecodeError::MetaTooLarge { size });
+        }
+    }
     if text.trim().is_empty() {
         return Err(DecodeError::EmptyText);
     }
@@ -179,6 +218,23 @@ mod tests {
         assert_eq!(code(br#"{"id":1,"text":"x","txt":"y"}"#), "schema_invalid");
         assert_eq!(code(br#"{"id":1,"text":"x","meta":[1]}"#), "schema_invalid");
         assert_eq!(code(br#"{"id":1,"text":"  \n"}"#), "empty_text");
+        let long_id = format!(r#"{{"id":"{}","text":"x"}}"#, "i".repeat(MAX_ID_BYTES + 1));
+        let (e, id) = decode(long_id.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(
+            (e.code(), id),
+            ("id_too_long", None),
+            "a long id is not echoed"
+        );
+        let ok_id = format!(r#"{{"id":"{}","text":"x"}}"#, "i".repeat(MAX_ID_BYTES));
+        assert!(decode(ok_id.as_bytes(), 1 << 20).is_ok());
+        let big_meta = format!(
+            r#"{{"id":1,"text":"x","meta":{{"m":"{}"}}}}"#,
+            "m".repeat(MAX_META_BYTES)
+        );
+        assert_eq!(
+            decode(big_meta.as_bytes(), 1 << 20).unwrap_err().0.code(),
+            "meta_too_large"
+        );
         assert_eq!(
             decode(&[b' '; 20], 10).unwrap_err().0.code(),
             "payload_too_large"

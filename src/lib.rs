@@ -17,6 +17,7 @@
 //! - [`admit`]: bytes -> a document fitted to its task, or why not (shared by classify and worker).
 //! - [`config`]: the worker's TOML configuration with `LABELMILL_*` overrides.
 //! - [`source`]: Kafka and RabbitMQ intake; each delivery carries its acker.
+//! - [`amqp_connect`]: RabbitMQ connections with TLS files.
 //! - [`batch`]: pure batching by document count, token budget and deadline, per task.
 //! - [`engine`]: GGUF loading, the LLaMA forward pass with explicit KV, the prefix cache, label scoring.
 //! - [`message`]: result and error records.
@@ -24,6 +25,7 @@
 //! - [`sink`]: Kafka and RabbitMQ publishing with delivery reports / publisher confirms.
 //! - [`worker`]: `labelmill worker`: sources -> batches -> engine -> sinks -> acks.
 //! - [`shutdown`]: signals that start a drain.
+//! - [`faults`]: fault injection for the worker's tests (`LABELMILL_FAULTS`).
 //! - [`telemetry`]: Prometheus metrics, `/metrics` `/healthz` `/readyz`, lag and backlog seconds.
 //! - [`publish`]: `labelmill publish`: a JSONL file onto an input topic or queue, resumable.
 //! - [`classify`]: the `labelmill classify` pipeline (JSONL in, JSONL out).
@@ -34,6 +36,7 @@
 //! - [`cli`]: the command line.
 
 pub mod admit;
+pub mod amqp_connect;
 pub mod batch;
 pub mod bench;
 pub mod check_device;
@@ -44,6 +47,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod engine;
 pub mod eval;
+pub mod faults;
 pub mod inspect;
 pub mod message;
 pub mod publish;

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::rabbit::Rabbit;
-use common::worker::{bad_docs, good_docs, tally, Setup, WorkerProc};
+use common::worker::{bad_docs, good_docs, http_get, metric, metric_opt, tally, Setup, WorkerProc};
 use serde_json::Value;
 
 fn ids(values: &[Value]) -> Vec<String> {
@@ -222,33 +222,173 @@ async fn sigterm_drains_then_restart_has_no_duplicates() {
     assert!(w2.sigterm(Duration::from_secs(60)).success());
 }
 
+/// Polls `/readyz` until `want(status, body)` holds; panics after `timeout`.
+fn wait_readyz(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+    want: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = http_get(addr, "/readyz");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if want(status, &v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "readiness never matched: {status} {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A systemic fault (nothing is bound to the results key from the start) holds every document
+/// unacknowledged with readiness red and the reason in it; nothing is dead-lettered for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unroutable_results_are_not_acked_as_published() {
+async fn unroutable_results_hold_every_document_unacknowledged() {
     let setup = Setup::new();
     let r = Rabbit::new("lm-unroutable").await;
     let docs = good_docs(5);
     r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
         .await;
-    // Nothing is bound to this routing key: a mandatory publish comes back, which is a failure.
     let cfg = setup.config("w.toml", &r.config("nowhere", ""));
     let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
-    let dead = r
-        .collect("dead", 5, Duration::from_secs(1), Duration::from_secs(60))
-        .await;
-    assert_eq!(dead.len(), 5);
-    for d in &dead {
-        assert_eq!(d["error"]["code"], "retries_exhausted");
-        assert_eq!(d["stage"], "publish");
-        assert_eq!(d["attempts"], 1);
-        assert!(
-            d["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("unroutable"),
-            "{d}"
-        );
-    }
+    let addr = w.http_addr();
+    let ready = wait_readyz(addr, Duration::from_secs(60), |s, v| {
+        s == 503 && v["faults"]["results"].is_string()
+    });
+    let why = ready["faults"]["results"].as_str().unwrap();
+    assert!(why.contains("unroutable"), "{ready}");
+    // Several more probes fail: still nothing dead-lettered, nothing published.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, text) = http_get(addr, "/metrics");
+    assert_eq!(
+        metric(&text, "labelmill_route_up", &[("route", "results")]),
+        0.0
+    );
+    assert_eq!(
+        metric(&text, "labelmill_route_up", &[("route", "dead_letter")]),
+        1.0
+    );
+    assert_eq!(metric_opt(&text, "labelmill_dead_letters_total", &[]), None);
+    assert_eq!(r.depth("dead").await, 0);
     assert_eq!(r.depth("results").await, 0);
+    // Killed: the broker gets back every delivery, none was acknowledged.
+    w.kill9();
+    let start = std::time::Instant::now();
+    while r.depth("input").await < 5 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        r.depth("input").await,
+        5,
+        "every document is still in its queue"
+    );
+}
+
+/// The results binding is deleted mid-run and restored: intake pauses, the documents in flight
+/// wait unacknowledged, nothing is dead-lettered for the fault, readiness says why, and the run
+/// completes by itself once the binding is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_results_binding_pauses_the_worker_until_it_returns() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-unbind").await;
+    let docs = good_docs(120);
+    let payloads: Vec<Vec<u8>> = docs.iter().map(|d| d.1.clone()).collect();
+    r.publish(&payloads[..40]).await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let addr = w.http_addr();
+    let mut results = r
+        .collect(
+            "results",
+            40,
+            Duration::from_millis(200),
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(results.len(), 40);
+    r.bind("results", false).await;
+    r.publish(&payloads[40..]).await;
+    let ready = wait_readyz(addr, Duration::from_secs(60), |s, v| {
+        s == 503 && v["faults"]["results"].is_string()
+    });
+    assert_eq!(ready["model"], true, "{ready}");
+    // The fault lasts a while: documents wait, unacknowledged; intake is paused, so the input
+    // queue still holds what the worker has not taken.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        r.depth("dead").await,
+        0,
+        "nothing dead-lettered for a systemic fault"
+    );
+    assert_eq!(r.depth("results").await, 0);
+    let (_, text) = http_get(addr, "/metrics");
+    assert_eq!(metric(&text, "labelmill_ready", &[]), 0.0);
+    assert_eq!(
+        metric(&text, "labelmill_route_up", &[("route", "results")]),
+        0.0
+    );
+    r.bind("results", true).await;
+    results.extend(
+        r.collect(
+            "results",
+            80,
+            Duration::from_secs(1),
+            Duration::from_secs(120),
+        )
+        .await,
+    );
+    let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
+    let t = tally(&sent, &ids(&results));
+    eprintln!("binding deleted mid-run: {t:?}");
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    wait_readyz(addr, Duration::from_secs(30), |s, v| {
+        s == 200 && v["faults"].as_object().is_some_and(|f| f.is_empty())
+    });
+    let (_, text) = http_get(addr, "/metrics");
+    assert_eq!(
+        metric(&text, "labelmill_route_up", &[("route", "results")]),
+        1.0
+    );
+    assert_eq!(r.depth("dead").await, 0);
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+    assert_eq!(w.report()["dead_lettered"], 0);
+    assert_eq!(r.depth("input").await, 0, "every delivery acked");
+}
+
+/// A 200 KiB document that fails keeps every byte in its dead letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_failing_document_is_dead_lettered_whole() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-bigdead").await;
+    // `strict` rejects documents over 8 tokens.
+    let text = "word ".repeat(200 * 1024 / 5);
+    let big = serde_json::to_vec(&serde_json::json!({"id": "big", "task": "strict", "text": text}))
+        .unwrap();
+    assert!(big.len() >= 200 * 1024);
+    r.publish(std::slice::from_ref(&big)).await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let dead = r
+        .collect(
+            "dead",
+            1,
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d["error"]["code"], "token_limit_exceeded");
+    assert_eq!(d["payload_truncated"], false);
+    assert_eq!(d["payload_size"], big.len());
+    assert_eq!(
+        d["payload"].as_str().unwrap().as_bytes(),
+        big.as_slice(),
+        "the whole original payload"
+    );
     assert!(w.sigterm(Duration::from_secs(60)).success());
 }
 

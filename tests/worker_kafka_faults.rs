@@ -312,6 +312,211 @@ fn compressed_topics_are_read_with_every_codec() {
     }
 }
 
+/// Oversized fields cannot stop a partition. A record with a ~350 KB id is dead-lettered as
+/// `id_too_long`; a result larger than the producer's `message.max.bytes` (a 60 KB `meta`) as
+/// `result_too_large`; each dead letter is cut to fit that limit and says so; the documents
+/// after them are labelled and every offset is committed. Before, the 350 KB id made a result over
+/// the limit whose dead letter failed too, and the worker restarted at that offset forever.
+#[test]
+fn oversized_records_are_dead_lettered_and_the_partition_moves_on() {
+    use sha2::{Digest, Sha256};
+    let rt = runtime();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    for t in ["in", "results", "dead"] {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    let mut docs: Vec<(String, Vec<u8>)> = good_docs(20);
+    let long_id = "i".repeat(350_000);
+    docs[1].1 = serde_json::to_vec(&serde_json::json!({"id": long_id, "text": "hello"})).unwrap();
+    docs[3].1 = serde_json::to_vec(&serde_json::json!({
+        "id": "big-meta", "text": "hello", "meta": {"blob": "m".repeat(60_000)}
+    }))
+    .unwrap();
+    rt.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for (_, payload) in &docs {
+            let rec = FutureRecord::<[u8], [u8]>::to("in").payload(payload.as_slice());
+            producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        }
+    });
+    let setup = Setup::new();
+    let body = format!(
+        r#"
+[batching]
+max_docs = 4
+max_wait = "10ms"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "big"
+inputs = [{{ topic = "in", task = "ticket" }}]
+results_topic = "results"
+dead_letter_topic = "dead"
+producer_properties = {{ "message.max.bytes" = "50000" }}
+"#
+    );
+    let cfg = WorkerConfig::load(&setup.config("w.toml", &body)).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = rt.spawn(labelmill::worker::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let mut results = Reader::new(&brokers, "results");
+    let mut dead = Reader::new(&brokers, "dead");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120)
+        && !(results.seen.len() >= 18
+            && dead.seen.len() >= 2
+            && committed(&brokers, "big", "in", 1).get(&0) == Some(&20))
+    {
+        results.poll_for(Duration::from_millis(200));
+        dead.poll_for(Duration::from_millis(200));
+    }
+    let _ = stop_tx.send(());
+    let report = rt.block_on(worker).unwrap().unwrap();
+    assert_eq!(report.fatal, None, "the worker did not give up: {report:?}");
+    let mut codes: Vec<&str> = dead
+        .seen
+        .iter()
+        .map(|(_, v)| v["error"]["code"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["id_too_long", "result_too_large"]);
+    for (_, v) in &dead.seen {
+        let size = serde_json::to_vec(v).unwrap().len();
+        assert!(size <= 50_000, "a dead letter of {size} bytes");
+        let offset = v["source"]["offset"].as_u64().unwrap() as usize;
+        let original = &docs[offset].1;
+        assert_eq!(v["payload_size"], original.len());
+        assert_eq!(
+            v["payload_truncated"], true,
+            "{original:?} does not fit whole"
+        );
+        assert_eq!(v["payload_sha256"], hex(&Sha256::digest(original)));
+        let kept = v["payload"].as_str().unwrap().as_bytes();
+        assert!(
+            original.starts_with(kept) && kept.len() > 40_000,
+            "cut, but not more than needed"
+        );
+    }
+    let mut want: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
+    want.retain(|id| id != "d-1" && id != "d-3");
+    let t = common::worker::tally(&want, &results.ids());
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!(
+        committed(&brokers, "big", "in", 1)[&0],
+        20,
+        "every offset committed"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Faults the worker itself sees, not retried inside librdkafka: every produce request fails with
+/// a non-retriable error (`TOPIC_AUTHORIZATION_FAILED`) for a while, results and dead letters
+/// alike, with a bad input waiting for its dead letter. The routes' breakers open (the worker
+/// holds the documents instead of dead-lettering them as `retries_exhausted`), and once the
+/// broker takes messages again every good document is labelled, the bad one is dead-lettered with
+/// its own code, and every offset is committed.
+#[test]
+fn a_broker_refusing_every_message_dead_letters_nothing_for_it() {
+    let rt = runtime();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    for t in ["in", "results", "dead"] {
+        mock.create_topic(t, 1, 1).unwrap();
+    }
+    let mut docs = good_docs(30);
+    docs[10].1 = b"{not json".to_vec();
+    rt.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for (_, payload) in &docs {
+            let rec = FutureRecord::<[u8], [u8]>::to("in").payload(payload.as_slice());
+            producer.send(rec, Duration::from_secs(10)).await.unwrap();
+        }
+    });
+    let refused = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 30];
+    mock.request_errors(RDKafkaApiKey::Produce, &refused);
+    let setup = Setup::new();
+    let body = format!(
+        r#"
+[batching]
+max_docs = 8
+max_wait = "10ms"
+
+[retry]
+max_attempts = 3
+initial_backoff = "20ms"
+max_backoff = "200ms"
+
+[kafka]
+brokers = "{brokers}"
+group_id = "refused"
+inputs = [{{ topic = "in", task = "ticket" }}]
+results_topic = "results"
+dead_letter_topic = "dead"
+"#
+    );
+    let cfg = WorkerConfig::load(&setup.config("w.toml", &body)).unwrap();
+    let prometheus = labelmill::telemetry::metrics::install().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = rt.spawn(labelmill::worker::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let mut results = Reader::new(&brokers, "results");
+    let mut dead = Reader::new(&brokers, "dead");
+    let mut saw_open = false;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120)
+        && !(results.seen.len() >= 29
+            && !dead.seen.is_empty()
+            && committed(&brokers, "refused", "in", 1).get(&0) == Some(&30))
+    {
+        let text = prometheus.render();
+        saw_open |=
+            common::worker::metric_opt(&text, "labelmill_route_up", &[("route", "results")])
+                == Some(0.0);
+        results.poll_for(Duration::from_millis(100));
+        dead.poll_for(Duration::from_millis(100));
+    }
+    dead.poll_for(Duration::from_millis(500));
+    let _ = stop_tx.send(());
+    let report = rt.block_on(worker).unwrap().unwrap();
+    eprintln!("refusing broker: {report:?}");
+    assert!(
+        saw_open,
+        "the results route's breaker opened during the fault"
+    );
+    assert!(
+        report.publish_retries > 0,
+        "the worker saw the errors: {report:?}"
+    );
+    assert_eq!(report.fatal, None);
+    let codes: Vec<&str> = dead
+        .seen
+        .iter()
+        .map(|(_, v)| v["error"]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        ["malformed_json"],
+        "only the bad input, with its own code"
+    );
+    let mut want: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
+    want.remove(10);
+    let t = common::worker::tally(&want, &results.ids());
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert_eq!(committed(&brokers, "refused", "in", 1)[&0], 30);
+}
+
 /// A two-thread runtime for the tests that drive the worker's parts from plain threads.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -49,7 +49,15 @@ pub fn spawn<T: Send + 'static>(
     std::thread::Builder::new()
         .name("labelmill-engine".into())
         .spawn(move || {
+            let mut batches = 0u64;
             while let Some(job) = jobs.blocking_recv() {
+                batches += 1;
+                if crate::faults::get().engine_hang == Some(batches) {
+                    tracing::warn!(batch = batches, "injected engine hang (LABELMILL_FAULTS)");
+                    loop {
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
+                }
                 let started = Instant::now();
                 let task = &tasks[job.task];
                 let docs: Vec<&[u32]> = job.ids.iter().map(Vec::as_slice).collect();
@@ -84,7 +92,8 @@ pub fn spawn<T: Send + 'static>(
         .expect("spawning the engine thread")
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+/// The message of a caught panic.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Confirmation, Connection};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -98,10 +98,7 @@ impl Publisher {
                 })
             }
             Destination::Amqp { cfg, queue } => {
-                let props = ConnectionProperties::default().with_connection_name(
-                    format!("labelmill publish pid={}", std::process::id()).into(),
-                );
-                let conn = Connection::connect(&cfg.uri, props).await?;
+                let conn = crate::amqp_connect::connect(cfg, "labelmill publish").await?;
                 let ch = conn.create_channel().await?;
                 ch.confirm_select(ConfirmSelectOptions::default()).await?;
                 if cfg.declare {

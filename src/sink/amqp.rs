@@ -6,7 +6,7 @@ use std::time::Duration;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::Mutex;
 
 use super::{Outgoing, OutputKind, SinkError};
@@ -17,7 +17,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Opens confirm-mode channels, reconnecting when the publishing connection is gone.
 pub struct ChannelManager {
-    uri: String,
+    cfg: AmqpConfig,
     conn: Mutex<Option<Connection>>,
 }
 
@@ -28,10 +28,7 @@ impl managed::Manager for ChannelManager {
     async fn create(&self) -> Result<Channel, lapin::Error> {
         let mut conn = self.conn.lock().await;
         if !conn.as_ref().is_some_and(|c| c.status().connected()) {
-            let props = ConnectionProperties::default().with_connection_name(
-                format!("labelmill publisher pid={}", std::process::id()).into(),
-            );
-            *conn = Some(Connection::connect(&self.uri, props).await?);
+            *conn = Some(crate::amqp_connect::connect(&self.cfg, "labelmill publisher").await?);
         }
         let ch = conn
             .as_ref()
@@ -58,13 +55,14 @@ pub struct AmqpSink {
     results: String,
     escalate: Option<String>,
     dead_letter: String,
+    max_message: usize,
 }
 
 impl AmqpSink {
     /// A pool of `publish_channels` channels (opened on first use).
     pub fn new(cfg: &AmqpConfig) -> Self {
         let manager = ChannelManager {
-            uri: cfg.uri.clone(),
+            cfg: cfg.clone(),
             conn: Mutex::new(None),
         };
         let pool = managed::Pool::builder(manager)
@@ -80,7 +78,13 @@ impl AmqpSink {
             results: cfg.results_routing_key.clone(),
             escalate: cfg.escalate_routing_key.clone(),
             dead_letter: cfg.dead_letter_routing_key.clone(),
+            max_message: cfg.max_message_bytes,
         }
+    }
+
+    /// The configured `max_message_bytes`.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
     }
 
     /// Publishes one message and waits for its confirm.
@@ -94,6 +98,14 @@ impl AmqpSink {
             },
         };
         let destination = format!("{}/{}", self.exchange, key);
+        let size = super::wire_size(&msg);
+        if size > self.max_message {
+            return Err(SinkError::TooLarge {
+                destination,
+                size,
+                max: self.max_message,
+            });
+        }
         let ch = self
             .pool
             .get()
@@ -133,7 +145,11 @@ impl AmqpSink {
         let confirm = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
             Ok(r) => r.map_err(amqp)?,
             Err(_) => {
-                let _ = managed::Object::take(ch);
+                // Close it: a late confirm must not land on a channel that publishes again.
+                let ch = managed::Object::take(ch);
+                tokio::spawn(async move {
+                    let _ = ch.close(200, "labelmill: confirm timed out".into()).await;
+                });
                 return Err(SinkError::Timeout(destination));
             }
         };

@@ -29,6 +29,19 @@ pub struct KafkaSink {
     results: String,
     escalate: Option<String>,
     dead_letter: String,
+    max_message: usize,
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_MESSAGE: usize = 1_000_000;
+
+/// The producer's `message.max.bytes` (the configured one, else librdkafka's default).
+pub fn max_message_bytes(cfg: &KafkaConfig) -> usize {
+    cfg.producer_properties
+        .get("message.max.bytes")
+        .or_else(|| cfg.properties.get("message.max.bytes"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE)
 }
 
 impl KafkaSink {
@@ -39,7 +52,13 @@ impl KafkaSink {
             results: cfg.results_topic.clone(),
             escalate: cfg.escalate_topic.clone(),
             dead_letter: cfg.dead_letter_topic.clone(),
+            max_message: max_message_bytes(cfg),
         })
+    }
+
+    /// The producer's `message.max.bytes`.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message
     }
 
     /// Sends one record and awaits its delivery report.
@@ -52,6 +71,15 @@ impl KafkaSink {
                 None => return Ok(false),
             },
         };
+        // librdkafka refuses a larger message too, but only after queueing it: say so up front.
+        let size = super::wire_size(&msg);
+        if size > self.max_message {
+            return Err(SinkError::TooLarge {
+                destination: topic.clone(),
+                size,
+                max: self.max_message,
+            });
+        }
         let mut headers = OwnedHeaders::new_with_capacity(msg.headers.len());
         for (k, v) in msg.headers {
             headers = headers.insert(Header {

@@ -4,6 +4,15 @@
 pub mod amqp;
 pub mod kafka;
 
+/// What a message adds to its payload, key and headers on the wire, counted against the limit.
+pub const FRAMING_BYTES: usize = 512;
+
+/// The size of `msg` as counted against a sink's limit.
+pub fn wire_size(msg: &Outgoing<'_>) -> usize {
+    let headers: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    msg.payload.len() + msg.key.map_or(0, <[u8]>::len) + headers + FRAMING_BYTES
+}
+
 /// Which output a record is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputKind {
@@ -59,6 +68,44 @@ pub enum SinkError {
     /// The broker refused the message (nack).
     #[error("the broker refused the message for '{0}' (nack)")]
     Nacked(String),
+    /// Not a broker error: the input's Kafka partition was revoked while its output waited for a
+    /// retry, so nothing more is published for it here.
+    #[error("the input's partition was revoked; its new owner redoes it")]
+    Revoked,
+    /// The message is larger than the destination takes.
+    #[error("the message for '{destination}' has {size} bytes; the limit is {max}")]
+    TooLarge {
+        /// Topic or exchange/routing key.
+        destination: String,
+        /// Its size (payload, key and headers).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl SinkError {
+    /// The stable dead-letter code when this message can never be published, whatever the state
+    /// of the broker (retrying it cannot help); `None` for failures of the route itself.
+    pub fn per_message(&self) -> Option<&'static str> {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode as C};
+        match self {
+            Self::TooLarge { .. } => Some("result_too_large"),
+            Self::Kafka {
+                error: KafkaError::MessageProduction(code),
+                ..
+            } => match code {
+                C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => {
+                    Some("result_too_large")
+                }
+                C::InvalidMessage | C::InvalidRecord | C::InvalidArgument => {
+                    Some("publish_rejected")
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 /// A publisher for one broker.
@@ -76,6 +123,14 @@ impl Sink {
         match self {
             Self::Kafka(s) => s.publish(msg).await,
             Self::Amqp(s) => s.publish(msg).await,
+        }
+    }
+
+    /// The largest message this sink publishes, payload, key and headers together.
+    pub fn max_message_bytes(&self) -> usize {
+        match self {
+            Self::Kafka(s) => s.max_message_bytes(),
+            Self::Amqp(s) => s.max_message_bytes(),
         }
     }
 

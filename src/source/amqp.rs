@@ -13,7 +13,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ExchangeKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::{Acker, Delivery, Origin};
@@ -25,15 +25,23 @@ use crate::telemetry::health::Health;
 pub struct AmqpAck {
     acker: lapin::Acker,
     origin: String,
+    queue: String,
 }
 
 impl AmqpAck {
-    /// Acks the delivery. A failure means the channel is gone, and with it the delivery: the broker
-    /// has requeued it already, so there is nothing left to do but note the coming duplicate.
-    pub async fn ack(self) {
-        if let Err(e) = self.acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(delivery = %self.origin, error = %e, "ack failed; the broker will redeliver");
-        }
+    /// Acks the delivery; `false` when the ack failed. That means the channel is gone, and with
+    /// it the delivery: the broker requeues it, so its output will be published again (a
+    /// duplicate). Logged and counted (`labelmill_ack_failures_total`).
+    pub async fn ack(self) -> bool {
+        let error = match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => return true,
+            Ok(false) => "the acker was used already or its channel is gone".to_string(),
+            Err(e) => e.to_string(),
+        };
+        crate::telemetry::metrics::ack_failure(&self.queue);
+        tracing::error!(delivery = %self.origin, %error,
+            "ack failed; the broker will redeliver (a duplicate output)");
+        false
     }
 
     /// Returns the delivery to its queue.
@@ -43,6 +51,7 @@ impl AmqpAck {
             ..Default::default()
         };
         if let Err(e) = self.acker.nack(opts).await {
+            crate::telemetry::metrics::ack_failure(&self.queue);
             tracing::warn!(delivery = %self.origin, error = %e, "nack failed; the broker will redeliver");
         }
     }
@@ -113,9 +122,7 @@ async fn session(
     // consuming, the loop below handles the stop itself and hands the session back.)
     let mut cancel = stop.clone();
     let setup = async {
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("labelmill consumer pid={}", std::process::id()).into());
-        let conn = Connection::connect(&cfg.uri, props).await?;
+        let conn = crate::amqp_connect::connect(cfg, "labelmill consumer").await?;
         // The consuming channel is not used for publishing, so a failed publish cannot close it and
         // requeue the deliveries in flight.
         let ch = conn.create_channel().await?;
@@ -184,6 +191,7 @@ async fn session(
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stop.changed() => return Ok(Some(Session { conn, ch })),
         };
+        let queue_name = queue.clone();
         let origin = Origin::Amqp {
             queue,
             delivery_tag: d.delivery_tag,
@@ -211,6 +219,7 @@ async fn session(
             ack: Acker::Amqp(AmqpAck {
                 acker: d.acker,
                 origin: origin.short(),
+                queue: queue_name,
             }),
             origin,
             failed_attempts: 0,

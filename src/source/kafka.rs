@@ -97,6 +97,11 @@ impl OffsetAck {
             });
     }
 
+    /// Whether its partition is still assigned here as when the message was read.
+    pub fn owned(&self) -> bool {
+        self.offsets.owned(&self.topic, self.partition, self.epoch)
+    }
+
     /// Leaves the message undone: the partition's committed offset stays below it.
     pub fn abandon(self) {
         tracing::error!(topic = %self.topic, partition = self.partition, offset = self.offset,

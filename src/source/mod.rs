@@ -93,11 +93,25 @@ pub enum Acker {
 }
 
 impl Acker {
-    /// The delivery's output is published: let the broker forget it.
-    pub async fn ack(self) {
+    /// The delivery's output is published: let the broker forget it. `false` when the broker
+    /// did not take the ack (it will deliver the message again).
+    pub async fn ack(self) -> bool {
         match self {
-            Self::Kafka(a) => a.done(),
+            Self::Kafka(a) => {
+                a.done();
+                true
+            }
             Self::Amqp(a) => a.ack().await,
+        }
+    }
+
+    /// Whether the outputs of this delivery may still be published here: false for a Kafka
+    /// message whose partition was revoked since it was read (its new owner redoes it, so a
+    /// result published here would land after, or race, the new owner's).
+    pub fn owned(&self) -> bool {
+        match self {
+            Self::Kafka(a) => a.owned(),
+            Self::Amqp(_) => true,
         }
     }
 

@@ -96,6 +96,16 @@ impl Offsets {
         last
     }
 
+    /// Whether the assignment that read a message (its `epoch`) still holds: after a revoke the
+    /// partition belongs to another worker, which redoes the message, so nothing of it may be
+    /// published here any more.
+    pub fn owned(&self, topic: &str, partition: i32, epoch: u64) -> bool {
+        self.lock()
+            .parts
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|p| p.epoch == epoch)
+    }
+
     /// Offsets read and not yet stored, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.lock().parts.values().map(|p| p.pending.len()).sum()
@@ -108,6 +118,20 @@ impl Offsets {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_revoked_assignment_is_not_owned_even_when_the_partition_comes_back() {
+        let o = super::Offsets::new();
+        o.assign("t", 0);
+        let e1 = o.received("t", 0, 5).unwrap();
+        assert!(o.owned("t", 0, e1));
+        o.revoke("t", 0);
+        assert!(!o.owned("t", 0, e1));
+        o.assign("t", 0);
+        let e2 = o.received("t", 0, 5).unwrap();
+        assert!(!o.owned("t", 0, e1), "read in the old assignment");
+        assert!(o.owned("t", 0, e2));
+    }
+
     use super::*;
 
     fn done(o: &Offsets, epoch: u64, off: i64) -> Option<i64> {

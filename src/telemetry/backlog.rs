@@ -50,6 +50,11 @@ impl Backlog {
         publish(&g);
     }
 
+    /// Document tokens per engine second, once a batch has been measured.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        self.inner.lock().expect("backlog lock").tokens_per_second
+    }
+
     /// The estimate of `lane`, in seconds (0 until a batch has been measured).
     pub fn seconds(&self, lane: Lane) -> f64 {
         seconds(&self.inner.lock().expect("backlog lock"), lane)

@@ -2,7 +2,8 @@
 //!
 //! Ready means: the model is loaded and every task's prefix KV is warm, every broker connection
 //! the worker needs is up, and no drain has started. A drain turns readiness off at once and for
-//! good, so Kubernetes stops counting the pod while it finishes its in-flight work.
+//! good, so Kubernetes stops counting the pod while it finishes its in-flight work. A systemic
+//! fault on a route (see `worker::breaker`) turns readiness off, with its reason, until it clears.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,8 @@ pub struct Health {
     model: AtomicBool,
     draining: AtomicBool,
     brokers: Mutex<BTreeMap<String, bool>>,
+    faults: Mutex<BTreeMap<String, String>>,
+    stalled: Mutex<Option<String>>,
 }
 
 /// The body of `/readyz`.
@@ -31,6 +34,8 @@ pub struct Readiness {
     pub draining: bool,
     /// Each broker connection the worker uses, and whether it is up.
     pub brokers: BTreeMap<String, bool>,
+    /// Routes with a systemic fault (engine, results, escalate, dead_letter), and why.
+    pub faults: BTreeMap<String, String>,
 }
 
 impl Health {
@@ -57,6 +62,38 @@ impl Health {
         }
     }
 
+    /// Records a systemic fault on `route` (`Some(reason)`), or that it cleared (`None`).
+    pub fn fault(&self, route: &str, reason: Option<String>) {
+        let mut faults = self.faults.lock().expect("health lock");
+        match reason {
+            Some(r) => faults.insert(route.to_string(), r),
+            None => faults.remove(route),
+        };
+        drop(faults);
+        self.publish();
+    }
+
+    /// Records that the engine is stuck (`Some(why)`: `/healthz` fails, so the orchestrator
+    /// restarts the worker) or moving again (`None`).
+    pub fn stalled(&self, why: Option<String>) {
+        let mut s = self.stalled.lock().expect("health lock");
+        if s.is_some() != why.is_some() {
+            match &why {
+                Some(w) => tracing::error!(reason = %w, "the engine is stuck: /healthz fails"),
+                None => tracing::warn!("the stuck batch finished: /healthz passes again"),
+            }
+        }
+        *s = why;
+    }
+
+    /// Liveness: `Err(why)` when the engine is stuck.
+    pub fn liveness(&self) -> Result<(), String> {
+        match &*self.stalled.lock().expect("health lock") {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// The model is loaded and the prefix caches are warm.
     pub fn model_ready(&self) {
         self.model.store(true, Ordering::SeqCst);
@@ -74,11 +111,17 @@ impl Health {
         let brokers = self.brokers.lock().expect("health lock").clone();
         let model = self.model.load(Ordering::SeqCst);
         let draining = self.draining.load(Ordering::SeqCst);
+        let faults = self.faults.lock().expect("health lock").clone();
         Readiness {
-            ready: model && !draining && !brokers.is_empty() && brokers.values().all(|&up| up),
+            ready: model
+                && !draining
+                && faults.is_empty()
+                && !brokers.is_empty()
+                && brokers.values().all(|&up| up),
             model,
             draining,
             brokers,
+            faults,
         }
     }
 
@@ -106,6 +149,11 @@ mod tests {
         h.broker("amqp", false);
         assert!(!h.readiness().ready, "a lost connection is not ready");
         h.broker("amqp", true);
+        h.fault("results", Some("unroutable".into()));
+        let r = h.readiness();
+        assert!(!r.ready && r.faults["results"] == "unroutable");
+        h.fault("results", None);
+        assert!(h.readiness().ready, "a cleared fault is ready again");
         h.draining();
         let r = h.readiness();
         assert!(!r.ready && r.draining && r.model);

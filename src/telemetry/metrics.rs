@@ -46,6 +46,10 @@ pub const BACKLOG: &str = "labelmill_backlog_seconds";
 pub const IN_FLIGHT: &str = "labelmill_in_flight_documents";
 /// 1 when `/readyz` answers ready, else 0.
 pub const READY: &str = "labelmill_ready";
+/// 1 while a route (engine, results, escalate, dead_letter) works, 0 during a systemic fault on it.
+pub const ROUTE_UP: &str = "labelmill_route_up";
+/// Acknowledgements (AMQP `basic.ack`/`nack`) that failed, by `queue`.
+pub const ACK_FAILURES: &str = "labelmill_ack_failures_total";
 
 /// Every metric name above.
 pub const NAMES: &[&str] = &[
@@ -67,6 +71,8 @@ pub const NAMES: &[&str] = &[
     BACKLOG,
     IN_FLIGHT,
     READY,
+    ROUTE_UP,
+    ACK_FAILURES,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -137,6 +143,11 @@ fn describe() {
     );
     describe_gauge!(IN_FLIGHT, "Documents received, not yet acknowledged");
     describe_gauge!(READY, "1 when ready for work");
+    describe_gauge!(
+        ROUTE_UP,
+        "1 while the route works, 0 during a systemic fault on it"
+    );
+    describe_counter!(ACK_FAILURES, "Acknowledgements the broker did not take");
 }
 
 /// How a document ended, for [`DOCUMENTS`].
@@ -235,4 +246,14 @@ pub fn in_flight(lane: Lane, n: usize) {
 /// Readiness.
 pub fn ready(ready: bool) {
     gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Whether `route` works.
+pub fn route_up(route: &'static str, up: bool) {
+    gauge!(ROUTE_UP, "route" => route).set(if up { 1.0 } else { 0.0 });
+}
+
+/// An acknowledgement failed.
+pub fn ack_failure(queue: &str) {
+    counter!(ACK_FAILURES, "queue" => queue.to_string()).increment(1);
 }

@@ -1,6 +1,10 @@
-//! Delivery -> a document ready for the engine, or the reason it goes to the dead letters.
+//! Delivery -> a document ready for the engine, or the reason it goes to the dead letters. Runs off
+//! the async runtime (tokenising a large document takes a while), and a panic in here fails that
+//! one document (`admission_panicked`), not the worker.
 
-use crate::dead_letter::Failure;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::dead_letter::{Failure, Stage};
 use crate::decode::InputDoc;
 use crate::engine::prepared::{FittedDoc, PreparedTask};
 use crate::engine::tokenizer::TextTokenizer;
@@ -17,6 +21,9 @@ pub struct Doc {
     pub task: usize,
     /// Its tokens, fitted to the task.
     pub fitted: FittedDoc,
+    /// When the batch of its first engine failure started (poison or systemic: see
+    /// [`super::breaker`]).
+    pub engine_first_failure: Option<tokio::time::Instant>,
 }
 
 impl Doc {
@@ -35,6 +42,12 @@ pub struct Rejected {
     pub failure: Failure,
 }
 
+/// Longest Kafka key: keys are copied to results and dead letters.
+pub const MAX_KEY_BYTES: usize = super::finish::MAX_COPIED_BYTES;
+
+/// Largest total of header names and values.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Admits a delivery (see [`crate::admit::admit`]): the message's task, else its topic's or
 /// queue's. A refused delivery goes to the dead letters on its first attempt.
 pub fn admit(
@@ -44,24 +57,72 @@ pub fn admit(
     tokenizer: &TextTokenizer,
     max_bytes: usize,
 ) -> Result<Doc, Box<Rejected>> {
-    let admitted = crate::admit::admit(
-        &d.payload,
-        d.default_task.as_deref(),
-        tasks,
-        names,
-        tokenizer,
-        max_bytes,
-    );
-    match admitted {
-        Ok(a) => Ok(Doc {
-            delivery: d,
-            input: a.input,
-            task: a.task,
-            fitted: a.fitted,
-        }),
-        Err(failure) => Err(Box::new(Rejected {
-            delivery: d,
-            failure: *failure,
-        })),
+    let admitted = catch_unwind(AssertUnwindSafe(|| {
+        crate::faults::admit(&d.payload);
+        bounds(&d)?;
+        crate::admit::admit(
+            &d.payload,
+            d.default_task.as_deref(),
+            tasks,
+            names,
+            tokenizer,
+            max_bytes,
+        )
+    }));
+    let failure = match admitted {
+        Ok(Ok(a)) => {
+            return Ok(Doc {
+                delivery: d,
+                input: a.input,
+                task: a.task,
+                fitted: a.fitted,
+                engine_first_failure: None,
+            })
+        }
+        Ok(Err(failure)) => *failure,
+        Err(panic) => Failure {
+            code: "admission_panicked",
+            message: format!(
+                "admitting the message panicked: {}",
+                crate::engine::thread::panic_text(&*panic)
+            ),
+            stage: Stage::Validate,
+            retryable: false,
+            id: None,
+            task: None,
+        },
+    };
+    Err(Box::new(Rejected {
+        delivery: d,
+        failure,
+    }))
+}
+
+/// The key and headers are copied to outputs: bound them.
+fn bounds(d: &Delivery) -> Result<(), Box<Failure>> {
+    let fail = |code, message| {
+        Err(Box::new(Failure {
+            code,
+            message,
+            stage: Stage::Validate,
+            retryable: false,
+            id: None,
+            task: None,
+        }))
+    };
+    let key = d.key.as_ref().map_or(0, Vec::len);
+    if key > MAX_KEY_BYTES {
+        return fail(
+            "key_too_long",
+            format!("the key has {key} bytes; the limit is {MAX_KEY_BYTES}"),
+        );
     }
+    let headers: usize = d.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if headers > MAX_HEADER_BYTES {
+        return fail(
+            "headers_too_large",
+            format!("the headers have {headers} bytes; the limit is {MAX_HEADER_BYTES}"),
+        );
+    }
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! The end of a document's path: publish its result (and escalation) or its dead letter, with
 //! retries, then acknowledge the input. Nothing is acked before the broker confirmed the output.
+//! A route that fails for everyone holds its documents unacknowledged ([`super::breaker`]) instead
+//! of draining the backlog into dead letters.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,11 +14,15 @@ use crate::dead_letter::{DeadLetter, Failure, Stage};
 use crate::engine::prepared::PreparedTask;
 use crate::engine::scoring::LabelScores;
 use crate::message::LabelResult;
-use crate::sink::{Outgoing, OutputKind, Sink, SinkError};
+use crate::sink::{wire_size, Outgoing, OutputKind, Sink, SinkError};
 use crate::source::{Delivery, Origin};
 use crate::telemetry::metrics::{self, Outcome};
 
 use super::admit::Doc;
+use super::breaker::{Breaker, Route, Verdict};
+
+/// Longest key or correlation header value copied from an input to its outputs.
+pub const MAX_COPIED_BYTES: usize = 4096;
 
 /// Publishes outputs and completes deliveries.
 pub struct Finisher {
@@ -38,6 +44,8 @@ pub struct Finisher {
     pub counters: Arc<Counters>,
     /// Raised when the worker cannot go on.
     pub fatal: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// Poison or systemic: per route.
+    pub breaker: Arc<Breaker>,
 }
 
 /// Event counts shared by the pipeline's tasks.
@@ -49,6 +57,8 @@ pub struct Counters {
     pub publish_retries: AtomicU64,
     /// Documents sent back to the engine after it failed on them alone.
     pub engine_retries: AtomicU64,
+    /// Acknowledgements the broker did not take (their documents come again).
+    pub ack_failures: AtomicU64,
 }
 
 impl Counters {
@@ -70,6 +80,9 @@ pub enum Ending {
     DeadLettered,
     /// Nothing could be published: input left for redelivery.
     GivenUp,
+    /// Its Kafka partition was revoked before its output was published: dropped here, redone by
+    /// the partition's new owner.
+    Revoked,
 }
 
 impl Finisher {
@@ -85,7 +98,9 @@ impl Finisher {
     fn correlation(&self, d: &Delivery) -> Vec<(String, Vec<u8>)> {
         d.headers
             .iter()
-            .filter(|(k, _)| self.correlation_headers.contains(&k.to_lowercase()))
+            .filter(|(k, v)| {
+                v.len() <= MAX_COPIED_BYTES && self.correlation_headers.contains(&k.to_lowercase())
+            })
             .cloned()
             .collect()
     }
@@ -93,6 +108,9 @@ impl Finisher {
     /// Publishes the result of `doc` (and its escalation copy), then acks it. A publish that keeps
     /// failing sends the document to the dead letters (`retries_exhausted`).
     pub async fn labelled(&self, doc: Doc, scores: &LabelScores) -> Ending {
+        if !doc.delivery.ack.owned() {
+            return revoked(&doc.delivery);
+        }
         let task = &self.tasks[doc.task];
         let d = doc.delivery;
         let mut r = LabelResult::new(
@@ -134,6 +152,7 @@ impl Finisher {
         if escalated {
             outputs.push(OutputKind::Escalate);
         }
+        let mut d = d;
         for kind in outputs {
             let msg = Outgoing {
                 kind,
@@ -141,15 +160,29 @@ impl Finisher {
                 payload: &payload,
                 headers: &headers,
             };
-            if let Err(e) = self.publish(sink, msg).await {
-                let f = Failure {
-                    code: "retries_exhausted",
-                    message: format!(
-                        "publishing the result failed {} times: {e}",
-                        self.retry.max_attempts
+            let published = self
+                .publish(sink, msg, &d.ack, &mut d.failed_attempts)
+                .await;
+            if let Err(SinkError::Revoked) = published {
+                return revoked(&d);
+            }
+            if let Err(e) = published {
+                let (code, message, retryable) = match e.per_message() {
+                    Some(code) => (code, format!("the result cannot be published: {e}"), false),
+                    None => (
+                        "retries_exhausted",
+                        format!(
+                            "publishing the result failed {} times while other documents were published: {e}",
+                            self.retry.max_attempts
+                        ),
+                        true,
                     ),
+                };
+                let f = Failure {
+                    code,
+                    message,
                     stage: Stage::Publish,
-                    retryable: true,
+                    retryable,
                     id: Some(doc.input.id),
                     task: Some(task.name.clone()),
                 };
@@ -158,7 +191,9 @@ impl Finisher {
         }
         let lane = d.lane;
         let enqueued = d.timestamp_ms;
-        d.ack.ack().await;
+        if !d.ack.ack().await {
+            Counters::bump(&self.counters.ack_failures);
+        }
         metrics::document(&task.name, lane, Outcome::Labelled);
         if escalated {
             metrics::escalation(&task.name);
@@ -170,9 +205,10 @@ impl Finisher {
     }
 
     /// Publishes a dead letter for `d`, then acks it; if even that fails, leaves `d` unacked.
-    pub async fn dead_letter(&self, d: Delivery, f: Failure) -> Ending {
-        let record = DeadLetter::new(&d, &f, Some(&self.model));
-        let payload = serde_json::to_vec(&record).expect("dead letters serialise");
+    pub async fn dead_letter(&self, mut d: Delivery, f: Failure) -> Ending {
+        if !d.ack.owned() {
+            return revoked(&d);
+        }
         let mut headers = self.correlation(&d);
         headers.push(("labelmill.error.code".into(), f.code.as_bytes().to_vec()));
         let stage = serde_json::to_value(f.stage).expect("stage serialises");
@@ -180,17 +216,35 @@ impl Finisher {
             "labelmill.error.stage".into(),
             stage.as_str().unwrap_or_default().as_bytes().to_vec(),
         ));
+        // An oversized key (key_too_long) stays in the record only as far as it fits.
+        let key = d.key.as_deref().filter(|k| k.len() <= MAX_COPIED_BYTES);
+        let sink = self.sink(&d.origin);
+        let framing = wire_size(&Outgoing {
+            kind: OutputKind::DeadLetter,
+            key,
+            payload: &[],
+            headers: &headers,
+        });
+        let record = DeadLetter::new(&d, &f, Some(&self.model));
+        let payload =
+            record.encode_within(&d.payload, sink.max_message_bytes().saturating_sub(framing));
         let msg = Outgoing {
             kind: OutputKind::DeadLetter,
-            key: d.key.as_deref(),
+            key,
             payload: &payload,
             headers: &headers,
         };
         let (lane, task) = (d.lane, f.task.clone().unwrap_or_default());
-        match self.publish(self.sink(&d.origin), msg).await {
+        match self
+            .publish(sink, msg, &d.ack, &mut d.failed_attempts)
+            .await
+        {
+            Err(SinkError::Revoked) => revoked(&d),
             Ok(()) => {
                 tracing::debug!(source = %d.origin.short(), code = f.code, "dead-lettered");
-                d.ack.ack().await;
+                if !d.ack.ack().await {
+                    Counters::bump(&self.counters.ack_failures);
+                }
                 metrics::document(&task, lane, Outcome::DeadLettered);
                 metrics::dead_letter(f.code, stage.as_str().unwrap_or_default());
                 Ending::DeadLettered
@@ -213,23 +267,61 @@ impl Finisher {
         }
     }
 
-    async fn publish(&self, sink: &Sink, msg: Outgoing<'_>) -> Result<(), SinkError> {
-        let mut attempt = 1;
+    /// Publishes `msg`, retrying per the retry policy; `failed` counts the document's failed
+    /// attempts. While the route fails for everyone the document is held and probes it (see
+    /// [`Breaker`]); an error comes back only for a poison document, a message the broker can
+    /// never take ([`SinkError::per_message`]), or an input whose partition was revoked meanwhile
+    /// ([`SinkError::Revoked`]).
+    async fn publish(
+        &self,
+        sink: &Sink,
+        msg: Outgoing<'_>,
+        ack: &crate::source::Acker,
+        failed: &mut u32,
+    ) -> Result<(), SinkError> {
+        let route = Route::of(msg.kind);
+        let (mut failures, mut first) = (0, None);
         loop {
-            match sink.publish(msg).await {
-                Ok(_) => return Ok(()),
-                Err(e) if attempt < self.retry.max_attempts => {
+            let started = tokio::time::Instant::now();
+            let e = match sink.publish(msg).await {
+                Ok(_) => {
+                    self.breaker.success(route);
+                    return Ok(());
+                }
+                Err(e) if e.per_message().is_some() => return Err(e),
+                Err(e) => e,
+            };
+            failures += 1;
+            let first = *first.get_or_insert(started);
+            let wait = match self.breaker.judge(route, first, failures, &self.retry, &e) {
+                Verdict::Poison => return Err(e),
+                Verdict::Retry(wait) => {
                     Counters::bump(&self.counters.publish_retries);
                     metrics::retry("publish");
-                    let wait = self.retry.backoff(attempt);
-                    tracing::warn!(error = %e, attempt, ?wait, "publish failed; retrying");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    tracing::warn!(error = %e, attempt = failures, ?wait, "publish failed; retrying");
+                    wait
                 }
-                Err(e) => return Err(e),
+                Verdict::Hold(wait) => {
+                    tracing::debug!(
+                        route = route.as_str(),
+                        ?wait,
+                        "held: the route fails for every document"
+                    );
+                    wait
+                }
+            };
+            *failed += 1;
+            self.breaker.wait_or_closed(route, wait).await;
+            if !ack.owned() {
+                return Err(SinkError::Revoked);
             }
         }
     }
+}
+
+fn revoked(d: &Delivery) -> Ending {
+    tracing::debug!(source = %d.origin.short(), "partition revoked: not published here (its new owner redoes it)");
+    Ending::Revoked
 }
 
 /// Task name -> threshold, as a per-index table.

@@ -13,8 +13,10 @@
 //! in-flight document to be acknowledged, then commits and closes.
 
 pub mod admit;
+pub mod breaker;
 pub mod finish;
 pub mod lanes;
+pub mod watchdog;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,9 +37,11 @@ use crate::task::TaskFile;
 use crate::telemetry::backlog::Backlog;
 use crate::telemetry::health::Health;
 use crate::telemetry::{lag, metrics};
-use admit::{admit, Doc};
+use admit::{admit, Doc, Rejected};
+use breaker::{Breaker, Route, Verdict};
 use finish::{Counters, Ending, Finisher};
 use lanes::Lanes;
+use watchdog::Watchdog;
 
 /// Errors that stop the worker from starting.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,9 @@ pub struct WorkerReport {
     pub dead_lettered: u64,
     /// Deliveries left for redelivery (nothing could be published).
     pub given_up: u64,
+    /// Kafka messages whose partition was revoked before their output was published (not
+    /// published here: the new owner redoes them).
+    pub revoked: u64,
     /// Deliveries still in flight when the drain deadline passed (not acked: redelivered).
     pub abandoned: usize,
     /// Engine batches run.
@@ -89,6 +96,8 @@ pub struct WorkerReport {
     pub publish_retries: u64,
     /// Documents retried after the engine failed on them alone.
     pub engine_retries: u64,
+    /// Acknowledgements the broker did not take (those documents are delivered again).
+    pub ack_failures: u64,
     /// Why the worker stopped on its own, when it did (it then exits with an error).
     pub fatal: Option<String>,
 }
@@ -297,6 +306,8 @@ pub async fn run(
     drop(intake_tx);
 
     let counters = Arc::new(Counters::default());
+    let breaker = Arc::new(Breaker::new(health.clone(), cfg.retry.max_backoff));
+    let mut pause_rx = breaker.subscribe();
     // Set when the worker cannot go on (a stuck Kafka partition, a dead engine thread): it drains
     // and exits with an error, so it is restarted and resumes from the committed offsets.
     let (fatal_tx, mut fatal_rx) = watch::channel::<Option<String>>(None);
@@ -310,6 +321,7 @@ pub async fn run(
         model: engine.info().name,
         escalate_below: finish::thresholds(&tasks, &cfg.routing.escalate_below),
         tasks: tasks.clone(),
+        breaker: breaker.clone(),
         correlation_headers: cfg
             .input
             .correlation_headers
@@ -329,17 +341,28 @@ pub async fn run(
         out_tx,
         engine_free.clone(),
     );
+    let watchdog = Arc::new(Watchdog::new(
+        cfg.batching.stall_after,
+        backlog.clone(),
+        health.clone(),
+    ));
+    pollers.spawn(
+        watchdog
+            .clone()
+            .run(Duration::from_secs(1), stop_rx.clone()),
+    );
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Doc>();
     let (end_tx, mut end_rx) = mpsc::unbounded_channel::<Ending>();
     let completion = tokio::spawn(complete(
         out_rx,
         finisher.clone(),
-        backlog.clone(),
+        (backlog.clone(), watchdog.clone()),
         retry_tx,
         end_tx.clone(),
     ));
 
     let mut report = WorkerReport::default();
+    let (admitted_tx, mut admitted_rx) = mpsc::unbounded_channel();
     let mut pipe = Pipeline {
         batcher: Batcher::new(
             tasks.len() * 2,
@@ -348,12 +371,13 @@ pub async fn run(
         ),
         pending: Lanes::new(cfg.batching.backfill_share),
         tasks: tasks.clone(),
-        names,
+        names: names.into(),
         engine: engine.clone(),
         finisher: finisher.clone(),
         max_bytes: cfg.input.max_payload_bytes,
         dead: JoinSet::new(),
         end_tx,
+        admitted_tx,
     };
     tokio::pin!(shutdown);
     let mut drain_by: Option<tokio::time::Instant> = None;
@@ -369,10 +393,15 @@ pub async fn run(
             let open = pipe.batcher.drain();
             pipe.queue(open);
         }
+        // A systemic fault pauses intake (deliveries wait in the channel, holding their slots).
+        let paused = breaker.paused_until();
         let stop_reason = tokio::select! {
             _ = &mut shutdown, if drain_by.is_none() => Some(None),
             _ = fatal_rx.changed(), if drain_by.is_none() => Some(fatal_rx.borrow().clone()),
-            Some(d) = intake_rx.recv() => { pipe.admit(d); None }
+            Some(d) = intake_rx.recv(), if paused.is_none() => { pipe.admit(d); None }
+            Some(r) = admitted_rx.recv() => { pipe.admitted(r); None }
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(far_future)), if paused.is_some() => None,
+            Ok(()) = pause_rx.changed() => None,
             Some(doc) = retry_rx.recv() => { pipe.push(doc); None }
             Some(e) = end_rx.recv() => { tally(&mut report, e); None }
             // The engine runs one batch at a time, and the next one (live first) is chosen only
@@ -380,7 +409,8 @@ pub async fn run(
             free = engine_free.clone().acquire_owned(), if !pipe.pending.is_empty() => {
                 free.expect("the semaphore is never closed").forget();
                 let (_, (queue, docs)) = pipe.pending.pop().expect("not empty");
-                let ids = docs.iter().map(|d| d.fitted.ids.clone()).collect();
+                let ids: Vec<Vec<u32>> = docs.iter().map(|d| d.fitted.ids.clone()).collect();
+                watchdog.started(ids.iter().map(Vec::len).sum());
                 // The channel is empty when the engine is free: this does not wait.
                 if job_tx.send(Job { task: queue / 2, ids, items: docs }).await.is_err() {
                     // The engine thread is gone: nothing more can be classified here. Waiting
@@ -470,6 +500,9 @@ pub async fn run(
     report.engine_retries = counters
         .engine_retries
         .load(std::sync::atomic::Ordering::Relaxed);
+    report.ack_failures = counters
+        .ack_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
     if report.abandoned == 0 {
         let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     }
@@ -489,6 +522,7 @@ fn tally(r: &mut WorkerReport, e: Ending) {
         }
         Ending::DeadLettered => r.dead_lettered += 1,
         Ending::GivenUp => r.given_up += 1,
+        Ending::Revoked => r.revoked += 1,
     }
 }
 
@@ -497,23 +531,28 @@ struct Pipeline {
     batcher: Batcher<Doc>,
     pending: Lanes<(usize, Vec<Doc>)>,
     tasks: Arc<Vec<PreparedTask>>,
-    names: Vec<String>,
+    names: Arc<[String]>,
     engine: Arc<Engine>,
     finisher: Arc<Finisher>,
     max_bytes: usize,
     dead: JoinSet<()>,
     end_tx: mpsc::UnboundedSender<Ending>,
+    admitted_tx: mpsc::UnboundedSender<Result<Doc, Box<Rejected>>>,
 }
 
 impl Pipeline {
+    /// Admits `d` on the blocking pool (tokenising a large document takes a while); the outcome
+    /// comes back through `admitted_tx`.
     fn admit(&mut self, d: Delivery) {
-        match admit(
-            d,
-            &self.tasks,
-            &self.names,
-            self.engine.tokenizer(),
-            self.max_bytes,
-        ) {
+        let (tasks, names, engine) = (self.tasks.clone(), self.names.clone(), self.engine.clone());
+        let (max_bytes, tx) = (self.max_bytes, self.admitted_tx.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(admit(d, &tasks, &names, engine.tokenizer(), max_bytes));
+        });
+    }
+
+    fn admitted(&mut self, r: Result<Doc, Box<Rejected>>) {
+        match r {
             Ok(doc) => self.push(doc),
             Err(r) => self.dead_letter(r.delivery, r.failure),
         }
@@ -549,12 +588,13 @@ impl Pipeline {
 async fn complete(
     mut outcomes: mpsc::Receiver<Outcome<Doc>>,
     finisher: Arc<Finisher>,
-    backlog: Arc<Backlog>,
+    (backlog, watchdog): (Arc<Backlog>, Arc<Watchdog>),
     retry_tx: mpsc::UnboundedSender<Doc>,
     end: mpsc::UnboundedSender<Ending>,
 ) {
     let mut running = JoinSet::new();
     while let Some(o) = outcomes.recv().await {
+        watchdog.finished();
         Counters::bump(&finisher.counters.batches);
         let task = &finisher.tasks[o.task];
         let docs = o.results.len();
@@ -569,38 +609,67 @@ async fn complete(
             .unwrap_or_default();
         tracing::info!(task = %task.name, lane, docs, tokens, passes = o.passes,
             engine_ms = o.elapsed.as_millis() as u64, "batch scored");
-        for (mut doc, result) in o.results {
+        let started = tokio::time::Instant::now()
+            .checked_sub(o.elapsed)
+            .unwrap_or_else(tokio::time::Instant::now);
+        if o.results.iter().any(|(_, r)| r.is_ok()) {
+            finisher.breaker.success(Route::Engine);
+        }
+        for (doc, result) in o.results {
             let (finisher, end, retry_tx) = (finisher.clone(), end.clone(), retry_tx.clone());
             running.spawn(async move {
-                let retry = &finisher.retry;
-                match result {
-                    Ok(scores) => {
-                        let _ = end.send(finisher.labelled(doc, &scores).await);
-                    }
-                    Err(e) if doc.delivery.failed_attempts + 1 < retry.max_attempts => {
-                        Counters::bump(&finisher.counters.engine_retries);
-                        metrics::retry("engine");
-                        doc.delivery.failed_attempts += 1;
-                        let wait = retry.backoff(doc.delivery.failed_attempts);
-                        tracing::warn!(source = %doc.delivery.origin.short(), error = %e, ?wait, "engine failed on the document; retrying");
-                        tokio::time::sleep(wait).await;
-                        let _ = retry_tx.send(doc);
-                    }
-                    Err(e) => {
-                        let f = Failure {
-                            code: "retries_exhausted",
-                            message: format!("the engine failed {} times on this document alone: {e}", retry.max_attempts),
-                            stage: Stage::Engine,
-                            retryable: true,
-                            id: Some(doc.input.id),
-                            task: Some(finisher.tasks[doc.task].name.clone()),
-                        };
-                        let _ = end.send(finisher.dead_letter(doc.delivery, f).await);
-                    }
+                let ending = match result {
+                    Ok(scores) => Some(finisher.labelled(doc, &scores).await),
+                    Err(e) => engine_failed(&finisher, doc, e, started, &retry_tx).await,
+                };
+                if let Some(ending) = ending {
+                    let _ = end.send(ending);
                 }
             });
         }
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+}
+
+/// A document the engine failed on alone: retried, held (systemic fault) or dead-lettered
+/// (poison). `None` when it went back to the engine.
+async fn engine_failed(
+    finisher: &Finisher,
+    mut doc: Doc,
+    error: String,
+    batch_started: tokio::time::Instant,
+    retry_tx: &mpsc::UnboundedSender<Doc>,
+) -> Option<Ending> {
+    let first = *doc.engine_first_failure.get_or_insert(batch_started);
+    let failures = doc.delivery.failed_attempts + 1;
+    let retry = &finisher.retry;
+    let breaker = &finisher.breaker;
+    let wait = match breaker.judge(Route::Engine, first, failures, retry, &error) {
+        Verdict::Retry(wait) => {
+            Counters::bump(&finisher.counters.engine_retries);
+            metrics::retry("engine");
+            tracing::warn!(source = %doc.delivery.origin.short(), %error, ?wait,
+                "engine failed on the document; retrying");
+            wait
+        }
+        Verdict::Hold(wait) => wait,
+        Verdict::Poison => {
+            let f = Failure {
+                code: "retries_exhausted",
+                message: format!(
+                    "the engine failed {failures} times on this document alone: {error}"
+                ),
+                stage: Stage::Engine,
+                retryable: true,
+                id: Some(doc.input.id),
+                task: Some(finisher.tasks[doc.task].name.clone()),
+            };
+            return Some(finisher.dead_letter(doc.delivery, f).await);
+        }
+    };
+    doc.delivery.failed_attempts = failures;
+    breaker.wait_or_closed(Route::Engine, wait).await;
+    let _ = retry_tx.send(doc);
+    None
 }

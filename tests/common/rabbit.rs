@@ -87,6 +87,7 @@ max_in_flight = 64
 [retry]
 max_attempts = 3
 initial_backoff = "20ms"
+max_backoff = "500ms"
 
 [shutdown]
 drain_deadline = "30s"
@@ -176,6 +177,33 @@ dead_letter_routing_key = "dead"
         }
         ch.close(200, "done".into()).await.unwrap();
         out
+    }
+
+    /// Binds (`true`) or unbinds queue `q` from this test's exchange under routing key `q`.
+    pub async fn bind(&self, q: &str, bound: bool) {
+        let (queue, exchange) = (self.queue(q), self.tag.clone());
+        if bound {
+            self.ch
+                .queue_bind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    q.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        } else {
+            self.ch
+                .queue_unbind(
+                    queue.as_str().into(),
+                    exchange.as_str().into(),
+                    q.into(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
     }
 
     /// Messages ready in queue `q`.

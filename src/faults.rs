@@ -1,6 +1,8 @@
 //! Fault injection for the worker's own tests, off unless `LABELMILL_FAULTS` is set:
-//! `admit-panic=MARKER` panics while admitting any message whose payload contains MARKER, and
-//! `engine-hang=N` makes the engine thread hang on its N-th batch (1-based). Read once at start-up.
+//! `admit-panic=MARKER` panics while admitting any message whose payload contains MARKER,
+//! `engine-hang=N` makes the engine thread hang on its N-th batch (1-based), and `engine-fail=N`
+//! fails its first N forward passes (a device failing every batch for a while). Read once at
+//! start-up.
 
 use std::sync::OnceLock;
 
@@ -11,6 +13,8 @@ pub struct Faults {
     pub admit_panic: Option<Vec<u8>>,
     /// Hang the engine thread on this batch.
     pub engine_hang: Option<u64>,
+    /// Fail this many forward passes first.
+    pub engine_fail: Option<u64>,
 }
 
 impl Faults {
@@ -21,6 +25,7 @@ impl Faults {
             match part.trim().split_once('=') {
                 Some(("admit-panic", m)) => f.admit_panic = Some(m.as_bytes().to_vec()),
                 Some(("engine-hang", n)) => f.engine_hang = n.parse().ok(),
+                Some(("engine-fail", n)) => f.engine_fail = n.parse().ok(),
                 _ => tracing::warn!(fault = part, "unknown LABELMILL_FAULTS entry ignored"),
             }
         }
@@ -51,15 +56,21 @@ pub fn admit(payload: &[u8]) {
     }
 }
 
+/// Whether forward pass number `pass` (1-based) is to fail.
+pub fn engine_fails(pass: u64) -> bool {
+    get().engine_fail.is_some_and(|n| pass <= n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_each_fault() {
-        let f = Faults::parse("admit-panic=BOOM, engine-hang=3");
+        let f = Faults::parse("admit-panic=BOOM, engine-hang=3,engine-fail=9");
         assert_eq!(f.admit_panic.as_deref(), Some(&b"BOOM"[..]));
         assert_eq!(f.engine_hang, Some(3));
+        assert_eq!(f.engine_fail, Some(9));
         assert_eq!(Faults::parse(""), Faults::default());
         assert_eq!(Faults::parse("nonsense"), Faults::default());
     }

@@ -393,3 +393,146 @@ dead_letter_routing_key = "dead"
     );
     assert!(w.sigterm(Duration::from_secs(60)).success());
 }
+
+/// An engine that hangs is noticed: the first batch never returns (an injected fault), so after
+/// `stall_after` `/healthz` fails for the orchestrator to restart the worker, and nothing of the
+/// batch was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_engine_fails_liveness_and_acks_nothing() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-hang").await;
+    r.publish(&good_docs(5).into_iter().map(|d| d.1).collect::<Vec<_>>())
+        .await;
+    let body = r.config("results", "").replace(
+        "max_in_flight = 64",
+        "max_in_flight = 64\nstall_after = \"2s\"",
+    );
+    let cfg = setup.config("w.toml", &body);
+    let log = setup.dir.path().join("w.log");
+    let mut w = WorkerProc::start_with_env(&cfg, &log, &[("LABELMILL_FAULTS", "engine-hang=1")]);
+    let addr = w.http_addr();
+    w.wait_for_log("injected engine hang", Duration::from_secs(60));
+    assert_eq!(http_get(addr, "/healthz").0, 200, "not stuck yet");
+    let start = Instant::now();
+    let (mut status, mut body) = (200, String::new());
+    while start.elapsed() < Duration::from_secs(30) && status == 200 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (status, body) = http_get(addr, "/healthz");
+    }
+    assert_eq!(
+        status, 503,
+        "liveness fails once the batch runs past its bound"
+    );
+    assert!(
+        body.contains("stuck") && body.contains("bound 2 s"),
+        "{body}"
+    );
+    assert_eq!(r.depth("results").await, 0);
+    w.kill9();
+    let start = Instant::now();
+    while r.depth("input").await < 5 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        r.depth("input").await,
+        5,
+        "nothing of the hung batch was acknowledged"
+    );
+}
+
+/// A panic while admitting one message (an injected fault in decoding/tokenising) dead-letters
+/// that message as `admission_panicked`; the others are labelled and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_admission_fails_one_message_not_the_worker() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-panic").await;
+    let mut docs: Vec<Vec<u8>> = good_docs(20).into_iter().map(|d| d.1).collect();
+    docs.insert(
+        7,
+        br#"{"id": "boom", "text": "this one trips the BOOM marker"}"#.to_vec(),
+    );
+    r.publish(&docs).await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let log = setup.dir.path().join("w.log");
+    let mut w = WorkerProc::start_with_env(&cfg, &log, &[("LABELMILL_FAULTS", "admit-panic=BOOM")]);
+    let results = r
+        .collect(
+            "results",
+            20,
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(results.len(), 20);
+    let dead = r
+        .collect(
+            "dead",
+            1,
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["error"]["code"], "admission_panicked");
+    assert!(
+        dead[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected admission fault"),
+        "{}",
+        dead[0]
+    );
+    assert!(dead[0]["payload"].as_str().unwrap().contains("BOOM"));
+    assert!(w.alive());
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+    assert_eq!(r.depth("input").await, 0);
+}
+
+/// A device failing every batch for a while is a systemic fault, not a reason to dead-letter the
+/// backlog: readiness names the engine, the documents are held and retried, and once passes
+/// succeed again every document is labelled and nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_failing_every_batch_holds_documents_until_it_recovers() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-enginefail").await;
+    let docs = good_docs(12);
+    r.publish(&docs.iter().map(|d| d.1.clone()).collect::<Vec<_>>())
+        .await;
+    let cfg = setup.config("w.toml", &r.config("results", ""));
+    let log = setup.dir.path().join("w.log");
+    // 150 failed passes: each batch is bisected down to single documents (about 20 passes for
+    // these 12), so this is several rounds of every document failing, past max_attempts = 3.
+    let mut w = WorkerProc::start_with_env(&cfg, &log, &[("LABELMILL_FAULTS", "engine-fail=150")]);
+    let addr = w.http_addr();
+    let start = Instant::now();
+    let mut saw_fault = None;
+    while start.elapsed() < Duration::from_secs(60) && saw_fault.is_none() {
+        let v: Value = serde_json::from_str(&http_get(addr, "/readyz").1).unwrap();
+        if let Some(why) = v["faults"]["engine"].as_str() {
+            saw_fault = Some(why.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let why = saw_fault.expect("readiness named the engine fault");
+    assert!(why.contains("injected engine failure"), "{why}");
+    let results = r
+        .collect(
+            "results",
+            12,
+            Duration::from_millis(500),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(results.len(), 12);
+    assert_eq!(
+        r.depth("dead").await,
+        0,
+        "nothing dead-lettered for a systemic fault"
+    );
+    let (status, _) = http_get(addr, "/readyz");
+    assert_eq!(status, 200, "ready again after the engine recovered");
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+    let report = w.report();
+    assert_eq!(report["labelled"], 12, "{report}");
+    assert_eq!(report["dead_lettered"], 0, "{report}");
+}

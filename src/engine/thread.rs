@@ -49,7 +49,7 @@ pub fn spawn<T: Send + 'static>(
     std::thread::Builder::new()
         .name("labelmill-engine".into())
         .spawn(move || {
-            let mut batches = 0u64;
+            let (mut batches, mut all_passes) = (0u64, 0u64);
             while let Some(job) = jobs.blocking_recv() {
                 batches += 1;
                 if crate::faults::get().engine_hang == Some(batches) {
@@ -65,6 +65,10 @@ pub fn spawn<T: Send + 'static>(
                 let scored = score_isolating(
                     &mut |d: &[&[u32]]| {
                         passes += 1;
+                        all_passes += 1;
+                        if crate::faults::engine_fails(all_passes) {
+                            return Err("injected engine failure (LABELMILL_FAULTS)".to_string());
+                        }
                         // A panic in the forward pass fails this batch (then it is bisected),
                         // instead of killing the thread and stranding every later batch.
                         let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

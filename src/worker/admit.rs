@@ -21,9 +21,8 @@ pub struct Doc {
     pub task: usize,
     /// Its tokens, fitted to the task.
     pub fitted: FittedDoc,
-    /// When the batch of its first engine failure started (poison or systemic: see
-    /// [`super::breaker`]).
-    pub engine_first_failure: Option<tokio::time::Instant>,
+    /// Its failed engine attempts (poison or systemic: see [`super::breaker`]).
+    pub engine_tries: super::breaker::Tries,
 }
 
 impl Doc {
@@ -76,7 +75,7 @@ pub fn admit(
                 input: a.input,
                 task: a.task,
                 fitted: a.fitted,
-                engine_first_failure: None,
+                engine_tries: Default::default(),
             })
         }
         Ok(Err(failure)) => *failure,

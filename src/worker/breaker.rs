@@ -71,6 +71,37 @@ pub enum Verdict {
     Hold(Duration),
 }
 
+/// One document's failed attempts on one route.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tries {
+    failures: u32,
+    first: Option<Instant>,
+    held: bool,
+}
+
+impl Tries {
+    /// Records a failed attempt that started at `started` and judges it. A document held during
+    /// a systemic fault starts a fresh count once the route has recovered: the documents that
+    /// failed beside the first success of a recovering route are not poison.
+    pub fn fail(
+        &mut self,
+        breaker: &Breaker,
+        route: Route,
+        started: Instant,
+        retry: &RetryConfig,
+        error: &dyn std::fmt::Display,
+    ) -> Verdict {
+        if self.held && !breaker.is_open(route) {
+            *self = Self::default();
+        }
+        self.failures += 1;
+        let first = *self.first.get_or_insert(started);
+        let v = breaker.judge(route, first, self.failures, retry, error);
+        self.held = matches!(v, Verdict::Hold(_));
+        v
+    }
+}
+
 #[derive(Debug, Default)]
 struct RouteState {
     last_success: Option<Instant>,
@@ -310,6 +341,43 @@ mod tests {
         b.wait_or_closed(Route::Results, Duration::from_millis(300))
             .await;
         assert_eq!(t1.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_document_gets_a_fresh_budget_once_the_route_recovers() {
+        let (b, _) = breaker();
+        let r = retry();
+        let mut t = Tries::default();
+        for want in [
+            Verdict::Retry(Duration::from_millis(100)),
+            Verdict::Retry(Duration::from_millis(200)),
+        ] {
+            assert_eq!(t.fail(&b, Route::Engine, Instant::now(), &r, &"x"), want);
+            tokio::time::advance(Duration::from_millis(50)).await;
+        }
+        assert!(matches!(
+            t.fail(&b, Route::Engine, Instant::now(), &r, &"x"),
+            Verdict::Hold(_)
+        ));
+        assert!(matches!(
+            t.fail(&b, Route::Engine, Instant::now(), &r, &"x"),
+            Verdict::Hold(_)
+        ));
+        // The route recovers (another document passes), and this one fails in the same batch:
+        // not poison, a fresh start.
+        b.success(Route::Engine);
+        assert_eq!(
+            t.fail(&b, Route::Engine, Instant::now(), &r, &"x"),
+            Verdict::Retry(Duration::from_millis(100))
+        );
+        // Failing on while the route works for others: poison once the new budget is spent.
+        tokio::time::advance(Duration::from_millis(50)).await;
+        t.fail(&b, Route::Engine, Instant::now(), &r, &"x");
+        b.success(Route::Engine);
+        assert_eq!(
+            t.fail(&b, Route::Engine, Instant::now(), &r, &"x"),
+            Verdict::Poison
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,7 +19,7 @@ use crate::source::{Delivery, Origin};
 use crate::telemetry::metrics::{self, Outcome};
 
 use super::admit::Doc;
-use super::breaker::{Breaker, Route, Verdict};
+use super::breaker::{Breaker, Route, Tries, Verdict};
 
 /// Longest key or correlation header value copied from an input to its outputs.
 pub const MAX_COPIED_BYTES: usize = 4096;
@@ -280,7 +280,7 @@ impl Finisher {
         failed: &mut u32,
     ) -> Result<(), SinkError> {
         let route = Route::of(msg.kind);
-        let (mut failures, mut first) = (0, None);
+        let mut tries = Tries::default();
         loop {
             let started = tokio::time::Instant::now();
             let e = match sink.publish(msg).await {
@@ -291,14 +291,12 @@ impl Finisher {
                 Err(e) if e.per_message().is_some() => return Err(e),
                 Err(e) => e,
             };
-            failures += 1;
-            let first = *first.get_or_insert(started);
-            let wait = match self.breaker.judge(route, first, failures, &self.retry, &e) {
+            let wait = match tries.fail(&self.breaker, route, started, &self.retry, &e) {
                 Verdict::Poison => return Err(e),
                 Verdict::Retry(wait) => {
                     Counters::bump(&self.counters.publish_retries);
                     metrics::retry("publish");
-                    tracing::warn!(error = %e, attempt = failures, ?wait, "publish failed; retrying");
+                    tracing::warn!(error = %e, ?wait, "publish failed; retrying");
                     wait
                 }
                 Verdict::Hold(wait) => {

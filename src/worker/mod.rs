@@ -641,11 +641,13 @@ async fn engine_failed(
     batch_started: tokio::time::Instant,
     retry_tx: &mpsc::UnboundedSender<Doc>,
 ) -> Option<Ending> {
-    let first = *doc.engine_first_failure.get_or_insert(batch_started);
     let failures = doc.delivery.failed_attempts + 1;
     let retry = &finisher.retry;
     let breaker = &finisher.breaker;
-    let wait = match breaker.judge(Route::Engine, first, failures, retry, &error) {
+    let verdict = doc
+        .engine_tries
+        .fail(breaker, Route::Engine, batch_started, retry, &error);
+    let wait = match verdict {
         Verdict::Retry(wait) => {
             Counters::bump(&finisher.counters.engine_retries);
             metrics::retry("engine");

@@ -88,10 +88,16 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts the worker on `config`, logging to `log`.
     pub fn start(config: &Path, log: &Path) -> Self {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// As [`Self::start`], with extra environment variables (`LABELMILL_FAULTS`, say).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
         let err = std::fs::File::create(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_labelmill"))
             .args(["--threads", "1", "worker", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("LABELMILL_LOG", "info,labelmill=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

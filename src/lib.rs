@@ -19,6 +19,7 @@
 //! - [`source`]: Kafka and RabbitMQ intake; each delivery carries its acker.
 //! - [`amqp_connect`]: RabbitMQ connections with TLS files.
 //! - [`batch`]: pure batching by document count, token budget and deadline, per task.
+//! - [`lane`]: live or backfill, the lane a document travels in.
 //! - [`engine`]: GGUF loading, the LLaMA forward pass with explicit KV, the prefix cache, label scoring.
 //! - [`message`]: result and error records.
 //! - [`dead_letter`]: the dead-letter record of a message that cannot be classified.
@@ -49,6 +50,7 @@ pub mod engine;
 pub mod eval;
 pub mod faults;
 pub mod inspect;
+pub mod lane;
 pub mod message;
 pub mod publish;
 pub mod shutdown;

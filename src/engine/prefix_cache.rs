@@ -67,12 +67,10 @@ impl PrefixCache {
                 let kv = entry.1.clone();
                 entries.push(entry);
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                crate::telemetry::metrics::prefix_cache(true);
                 return Ok(kv);
             }
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        crate::telemetry::metrics::prefix_cache(false);
         let kv = Arc::new(compute()?);
         let mut entries = self.entries.lock().expect("prefix cache lock poisoned");
         if entries.len() >= self.capacity {

@@ -72,7 +72,7 @@ pub struct Delivery {
     /// The task bound to the topic or queue, for messages that name none.
     pub default_task: Option<String>,
     /// The lane of its topic or queue.
-    pub lane: crate::config::Lane,
+    pub lane: crate::lane::Lane,
     /// Broker timestamp in ms since the epoch, when known.
     pub timestamp_ms: Option<i64>,
     /// Completes the delivery.

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::metrics;
-use crate::config::Lane;
+use crate::lane::Lane;
 
 /// Weight of the newest batch in the moving averages.
 const ALPHA: f64 = 0.2;

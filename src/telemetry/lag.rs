@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use super::backlog::Backlog;
 use super::health::Health;
 use super::metrics;
-use crate::config::{AmqpInput, Lane};
+use crate::config::AmqpInput;
+use crate::lane::Lane;
 use crate::sink::amqp::AmqpSink;
 use crate::source::kafka::KafkaConsumer;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::config::Lane;
+use crate::lane::Lane;
 
 /// Documents finished, by `task`, `lane` and `outcome` (`labelled`, `dead_lettered`, `given_up`).
 pub const DOCUMENTS: &str = "labelmill_documents_total";
@@ -202,13 +202,11 @@ pub fn batch(task: &str, docs: usize, tokens: usize, doc_tokens: usize, engine: 
     counter!(DOCUMENT_TOKENS, "task" => task.to_string()).increment(doc_tokens as u64);
 }
 
-/// A prefix cache lookup.
-pub fn prefix_cache(hit: bool) {
-    if hit {
-        counter!(PREFIX_CACHE_HITS).increment(1);
-    } else {
-        counter!(PREFIX_CACHE_MISSES).increment(1);
-    }
+/// The engine's prefix cache counters (totals since start; the engine counts, the worker
+/// reports).
+pub fn prefix_cache(hits: u64, misses: u64) {
+    counter!(PREFIX_CACHE_HITS).absolute(hits);
+    counter!(PREFIX_CACHE_MISSES).absolute(misses);
 }
 
 /// A retry of `kind` (`publish` or `engine`).

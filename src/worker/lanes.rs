@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::config::Lane;
+use crate::lane::Lane;
 
 /// Closed batches waiting for the engine, per lane.
 #[derive(Debug)]

@@ -26,11 +26,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::batch::Batcher;
-use crate::config::{Lane, WorkerConfig};
+use crate::config::WorkerConfig;
 use crate::dead_letter::{Failure, Stage};
 use crate::engine::prepared::PreparedTask;
 use crate::engine::thread::{self, Job, Outcome};
 use crate::engine::Engine;
+use crate::lane::Lane;
 use crate::sink::{amqp::AmqpSink, kafka::KafkaSink, Sink};
 use crate::source::{self, Delivery};
 use crate::task::TaskFile;
@@ -187,6 +188,8 @@ pub async fn run(
         engine.prefix_kv(t)?;
         tracing::info!(task = %t.name, prefix_tokens = t.prefix_ids.len(), "task ready (prefix cached)");
     }
+    let cache = engine.prefix_cache_stats();
+    metrics::prefix_cache(cache.hits, cache.misses);
     health.model_ready();
     let tasks = Arc::new(tasks);
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
@@ -356,7 +359,7 @@ pub async fn run(
     let completion = tokio::spawn(complete(
         out_rx,
         finisher.clone(),
-        (backlog.clone(), watchdog.clone()),
+        (backlog.clone(), watchdog.clone(), engine.clone()),
         retry_tx,
         end_tx.clone(),
     ));
@@ -588,13 +591,15 @@ impl Pipeline {
 async fn complete(
     mut outcomes: mpsc::Receiver<Outcome<Doc>>,
     finisher: Arc<Finisher>,
-    (backlog, watchdog): (Arc<Backlog>, Arc<Watchdog>),
+    (backlog, watchdog, engine): (Arc<Backlog>, Arc<Watchdog>, Arc<Engine>),
     retry_tx: mpsc::UnboundedSender<Doc>,
     end: mpsc::UnboundedSender<Ending>,
 ) {
     let mut running = JoinSet::new();
     while let Some(o) = outcomes.recv().await {
         watchdog.finished();
+        let cache = engine.prefix_cache_stats();
+        metrics::prefix_cache(cache.hits, cache.misses);
         Counters::bump(&finisher.counters.batches);
         let task = &finisher.tasks[o.task];
         let docs = o.results.len();

@@ -358,6 +358,56 @@ async fn a_deleted_results_binding_pauses_the_worker_until_it_returns() {
     assert_eq!(r.depth("input").await, 0, "every delivery acked");
 }
 
+/// A message that can be neither published nor dead-lettered (here: larger than
+/// `max_message_bytes` allows, even cut) is not requeued forever: after `max_attempts` deliveries
+/// it is held unacknowledged, and readiness and `labelmill_route_up` name the dead-letter route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_dead_lettered_is_not_requeued_forever() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-requeue").await;
+    r.publish(&[good_docs(1).remove(0).1]).await;
+    let cfg = setup.config("w.toml", &r.config("results", "max_message_bytes = 300\n"));
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let addr = w.http_addr();
+    let ready = wait_readyz(addr, Duration::from_secs(60), |s, v| {
+        s == 503 && v["faults"]["dead_letter"].is_string()
+    });
+    assert!(
+        ready["faults"]["dead_letter"]
+            .as_str()
+            .unwrap()
+            .contains("held unacknowledged"),
+        "{ready}"
+    );
+    // No more deliveries after the bound: the count stays at max_attempts (3).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = w.log_text();
+    let failed = log
+        .matches("the dead letter could not be published")
+        .count();
+    assert_eq!(failed, 3, "delivered max_attempts times, then held:\n{log}");
+    let (_, text) = http_get(addr, "/metrics");
+    assert_eq!(
+        metric(&text, "labelmill_route_up", &[("route", "dead_letter")]),
+        0.0
+    );
+    assert_eq!(
+        r.depth("input").await,
+        0,
+        "held by the worker, not back in the queue"
+    );
+    w.kill9();
+    let start = std::time::Instant::now();
+    while r.depth("input").await < 1 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        r.depth("input").await,
+        1,
+        "not lost: the broker has it back"
+    );
+}
+
 /// A 200 KiB document that fails keeps every byte in its dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_failing_document_is_dead_lettered_whole() {

@@ -20,12 +20,62 @@ use super::{Acker, Delivery, Origin};
 use crate::config::AmqpConfig;
 use crate::telemetry::health::Health;
 
+/// How often this worker returned each message to its queue (by queue and payload), so a message
+/// that can be neither published nor dead-lettered is not requeued forever: RabbitMQ's classic
+/// queues keep no delivery count (quorum queues do: `x-delivery-count`, read as well).
+#[derive(Debug, Default)]
+pub struct Requeues {
+    counts: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
+}
+
+/// Entries kept before the ledger starts afresh (a bound on its memory).
+const REQUEUE_LEDGER: usize = 100_000;
+
+impl Requeues {
+    fn key(queue: &str, payload: &[u8]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        queue.hash(&mut h);
+        payload.hash(&mut h);
+        h.finish()
+    }
+
+    fn get(&self, key: u64) -> u32 {
+        let counts = self.counts.lock().expect("requeue ledger lock");
+        counts.get(&key).copied().unwrap_or(0)
+    }
+
+    fn bump(&self, key: u64) {
+        let mut counts = self.counts.lock().expect("requeue ledger lock");
+        if counts.len() >= REQUEUE_LEDGER {
+            counts.clear();
+        }
+        *counts.entry(key).or_default() += 1;
+    }
+}
+
+/// What became of a delivery that could not be completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// Returned to its queue (or, Kafka, left below the commit) for another attempt.
+    Requeued,
+    /// Returned too often already: held unacknowledged by this worker (the broker gets it back
+    /// when the worker's connection closes), not requeued again.
+    Held,
+}
+
 /// Acks one AMQP delivery on the channel it came from.
 #[derive(Debug)]
 pub struct AmqpAck {
     acker: lapin::Acker,
     origin: String,
     queue: String,
+    requeues: Arc<Requeues>,
+    key: u64,
+    /// Deliveries of this message before this one (`x-delivery-count`, or this worker's count).
+    prior: u32,
+    /// Deliveries after which it is held rather than requeued.
+    bound: u32,
 }
 
 impl AmqpAck {
@@ -44,8 +94,16 @@ impl AmqpAck {
         false
     }
 
-    /// Returns the delivery to its queue.
-    pub async fn requeue(self) {
+    /// Returns the delivery to its queue, unless it was delivered `bound` times already: then it
+    /// is held (see [`GaveUp::Held`]).
+    pub async fn requeue(self) -> GaveUp {
+        if self.prior + 1 >= self.bound {
+            tracing::error!(delivery = %self.origin, deliveries = self.prior + 1,
+                "delivered and failed too often: held unacknowledged, not requeued again");
+            // Dropping the acker leaves the delivery unacknowledged on its channel.
+            return GaveUp::Held;
+        }
+        self.requeues.bump(self.key);
         let opts = BasicNackOptions {
             requeue: true,
             ..Default::default()
@@ -54,6 +112,7 @@ impl AmqpAck {
             crate::telemetry::metrics::ack_failure(&self.queue);
             tracing::warn!(delivery = %self.origin, error = %e, "nack failed; the broker will redeliver");
         }
+        GaveUp::Requeued
     }
 }
 
@@ -84,18 +143,20 @@ impl Session {
 /// `health` hears under `name` whether the session is consuming.
 pub async fn run(
     cfg: AmqpConfig,
-    prefetch: u16,
+    limits: Limits,
     slots: Arc<Semaphore>,
     tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
     (health, name): (Arc<Health>, String),
 ) -> Option<Session> {
+    let requeues = Arc::new(Requeues::default());
     loop {
         if *stop.borrow() {
             return None;
         }
         let up = || health.broker(&name, true);
-        match session(&cfg, prefetch, &slots, &tx, &mut stop, up).await {
+        let taken = (&slots, &requeues);
+        match session(&cfg, limits, taken, &tx, &mut stop, up).await {
             Ok(conn) => return conn,
             Err(e) => {
                 health.broker(&name, false);
@@ -112,8 +173,8 @@ pub async fn run(
 
 async fn session(
     cfg: &AmqpConfig,
-    prefetch: u16,
-    slots: &Arc<Semaphore>,
+    limits: Limits,
+    (slots, requeues): (&Arc<Semaphore>, &Arc<Requeues>),
     tx: &mpsc::Sender<Delivery>,
     stop: &mut watch::Receiver<bool>,
     consuming: impl FnOnce(),
@@ -126,7 +187,8 @@ async fn session(
         // The consuming channel is not used for publishing, so a failed publish cannot close it and
         // requeue the deliveries in flight.
         let ch = conn.create_channel().await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        ch.basic_qos(limits.prefetch, BasicQosOptions::default())
+            .await?;
         if cfg.declare {
             declare(cfg, &ch).await?;
         }
@@ -162,7 +224,7 @@ async fn session(
     };
     tracing::info!(
         queues = cfg.inputs.len(),
-        prefetch,
+        prefetch = limits.prefetch,
         "rabbitmq consumer started"
     );
     consuming();
@@ -191,43 +253,86 @@ async fn session(
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stop.changed() => return Ok(Some(Session { conn, ch })),
         };
-        let queue_name = queue.clone();
-        let origin = Origin::Amqp {
-            queue,
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
-        };
-        let headers = d
-            .properties
-            .headers()
-            .as_ref()
-            .map(|h| {
-                h.inner()
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), header_bytes(v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let delivery = Delivery {
-            payload: d.data,
-            key: None,
-            headers,
-            default_task: task,
-            lane,
-            timestamp_ms: enqueued_ms(&d.properties),
-            ack: Acker::Amqp(AmqpAck {
-                acker: d.acker,
-                origin: origin.short(),
-                queue: queue_name,
-            }),
-            origin,
-            failed_attempts: 0,
-            permit,
-        };
+        let requeue = (requeues.clone(), limits.requeue_bound);
+        let delivery = delivery(d, queue, (task, lane), permit, requeue);
         if tx.send(delivery).await.is_err() {
             return Ok(Some(Session { conn, ch }));
         }
+    }
+}
+
+/// The consumer's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `basic.qos` prefetch.
+    pub prefetch: u16,
+    /// Deliveries of one message after which it is held instead of requeued again.
+    pub requeue_bound: u32,
+}
+
+/// A broker delivery as the pipeline's [`Delivery`]. Its earlier deliveries (`x-delivery-count`,
+/// else this worker's requeue count) are its failed attempts so far.
+fn delivery(
+    d: lapin::message::Delivery,
+    queue: String,
+    (task, lane): (Option<String>, crate::lane::Lane),
+    permit: tokio::sync::OwnedSemaphorePermit,
+    (requeues, bound): (Arc<Requeues>, u32),
+) -> Delivery {
+    let key = Requeues::key(&queue, &d.data);
+    let counted = d
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-delivery-count").and_then(as_u32));
+    let prior = counted.unwrap_or(0).max(requeues.get(key));
+    let origin = Origin::Amqp {
+        queue: queue.clone(),
+        delivery_tag: d.delivery_tag,
+        redelivered: d.redelivered,
+        message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
+    };
+    let headers = d
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), header_bytes(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Delivery {
+        timestamp_ms: enqueued_ms(&d.properties),
+        payload: d.data,
+        key: None,
+        headers,
+        default_task: task,
+        lane,
+        ack: Acker::Amqp(AmqpAck {
+            acker: d.acker,
+            origin: origin.short(),
+            queue,
+            requeues,
+            key,
+            prior,
+            bound,
+        }),
+        origin,
+        failed_attempts: prior,
+        permit,
+    }
+}
+
+fn as_u32(v: &AMQPValue) -> Option<u32> {
+    match v {
+        AMQPValue::LongLongInt(i) => u32::try_from(*i).ok(),
+        AMQPValue::LongInt(i) => u32::try_from(*i).ok(),
+        AMQPValue::LongUInt(i) => Some(*i),
+        AMQPValue::ShortInt(i) => u32::try_from(*i).ok(),
+        AMQPValue::ShortUInt(i) => Some(u32::from(*i)),
+        _ => None,
     }
 }
 

@@ -117,10 +117,14 @@ impl Acker {
 
     /// The delivery could not be completed (its dead letter could not be published): leave it
     /// for the broker to deliver again. Kafka: its offset is never stored, so the partition's
-    /// commit stays below it until a restart or rebalance; RabbitMQ: requeued now.
-    pub async fn give_up(self) {
+    /// commit stays below it until a restart or rebalance; RabbitMQ: requeued now, unless it was
+    /// delivered `retry.max_attempts` times already (then held, see [`amqp::GaveUp::Held`]).
+    pub async fn give_up(self) -> amqp::GaveUp {
         match self {
-            Self::Kafka(a) => a.abandon(),
+            Self::Kafka(a) => {
+                a.abandon();
+                amqp::GaveUp::Requeued
+            }
             Self::Amqp(a) => a.requeue().await,
         }
     }

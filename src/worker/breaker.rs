@@ -179,6 +179,17 @@ impl Breaker {
         Verdict::Hold(self.cool_down)
     }
 
+    /// Marks `route` broken for a message that will not be tried again (readiness and
+    /// `labelmill_route_up` say so) until the route next works for a document. Intake goes on.
+    pub fn stuck(&self, route: Route, reason: String) {
+        let mut routes = self.routes.lock().expect("breaker lock");
+        let st = routes.entry(route).or_default();
+        tracing::error!(route = route.as_str(), %reason, "route broken for a message");
+        self.health.fault(route.as_str(), Some(reason.clone()));
+        metrics::route_up(route.as_str(), false);
+        st.open = Some(reason);
+    }
+
     /// Until when intake is paused, if it is.
     pub fn paused_until(&self) -> Option<Instant> {
         (*self.paused_until.borrow()).filter(|&t| t > Instant::now())

@@ -260,7 +260,13 @@ impl Finisher {
                         d.origin.short()
                     )));
                 }
-                d.ack.give_up().await;
+                let origin = d.origin.short();
+                if d.ack.give_up().await == crate::source::amqp::GaveUp::Held {
+                    self.breaker.stuck(
+                        Route::DeadLetter,
+                        format!("{origin} was delivered and could not be dead-lettered {} times; held unacknowledged: {e}", self.retry.max_attempts),
+                    );
+                }
                 metrics::document(&task, lane, Outcome::GivenUp);
                 Ending::GivenUp
             }

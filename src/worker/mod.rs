@@ -286,9 +286,13 @@ pub async fn run(
                 let prefetch = a
                     .prefetch
                     .unwrap_or(u16::try_from(bound).unwrap_or(u16::MAX));
+                let limits = source::amqp::Limits {
+                    prefetch,
+                    requeue_bound: cfg.retry.max_attempts,
+                };
                 amqp_sources.push(tokio::spawn(source::amqp::run(
                     la,
-                    prefetch,
+                    limits,
                     slots.of(lane).clone(),
                     intake_tx.clone(),
                     stop_rx.clone(),

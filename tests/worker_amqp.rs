@@ -408,6 +408,66 @@ async fn a_message_that_cannot_be_dead_lettered_is_not_requeued_forever() {
     );
 }
 
+/// One broken input queue (here: missing, so consuming it fails) stops only its own consumer:
+/// the other queue is consumed as usual, readiness names the broken one, and once the queue exists
+/// its consumer starts by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_input_queue_does_not_stop_the_others() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-twoq").await;
+    let (input, missing) = (r.queue("input"), r.queue("later"));
+    let body = r
+        .config("results", "reconnect_delay = \"200ms\"\n")
+        .replace(
+            &format!("inputs = [{{ queue = \"{input}\" }}]"),
+            &format!("inputs = [{{ queue = \"{input}\" }}, {{ queue = \"{missing}\" }}]"),
+        );
+    assert!(body.contains(&missing));
+    let docs = good_docs(30);
+    let payloads: Vec<Vec<u8>> = docs.iter().map(|d| d.1.clone()).collect();
+    r.publish(&payloads[..20]).await;
+    let cfg = setup.config("w.toml", &body);
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    let addr = w.http_addr();
+    let mut results = r
+        .collect(
+            "results",
+            20,
+            Duration::from_millis(300),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(results.len(), 20, "the healthy queue is consumed");
+    let v = wait_readyz(addr, Duration::from_secs(10), |s, v| {
+        s == 503 && v["brokers"][format!("amqp:{input}")] == true
+    });
+    assert_eq!(v["brokers"][format!("amqp:{missing}")], false, "{v}");
+    // The queue appears: its consumer starts without a restart.
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongUInt(600_000),
+    );
+    r.ch.queue_declare(missing.as_str().into(), Default::default(), args)
+        .await
+        .unwrap();
+    wait_readyz(addr, Duration::from_secs(30), |s, _| s == 200);
+    r.publish_to("later", &payloads[20..]).await;
+    results.extend(
+        r.collect(
+            "results",
+            10,
+            Duration::from_millis(300),
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
+    let t = tally(&sent, &ids(&results));
+    assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+}
+
 /// A 200 KiB document that fails keeps every byte in its dead letter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_failing_document_is_dead_lettered_whole() {

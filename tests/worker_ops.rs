@@ -259,7 +259,7 @@ async fn readyz_is_false_while_loading_and_draining_and_true_in_between() {
     assert!(ready, "ready after loading:\n{}", w.log_text());
     let v: Value = serde_json::from_str(&http_get(addr, "/readyz").1).unwrap();
     assert_eq!(v["model"], true);
-    assert_eq!(v["brokers"]["amqp"], true);
+    assert_eq!(v["brokers"][format!("amqp:{}", r.queue("input"))], true);
 
     // In flight and unfinished: results are unroutable, so the worker retries them.
     r.publish(&good_docs(4).into_iter().map(|d| d.1).collect::<Vec<_>>())

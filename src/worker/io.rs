@@ -161,19 +161,12 @@ impl Io {
         intake_tx: &mpsc::Sender<Delivery>,
     ) -> Arc<Sink> {
         let sink = Arc::new(AmqpSink::new(a));
-        for lane in LANES {
-            let inputs: Vec<_> = a
-                .inputs
-                .iter()
-                .filter(|i| i.lane == lane)
-                .cloned()
-                .collect();
-            if inputs.is_empty() {
-                continue;
-            }
-            let mut la = a.clone();
-            la.inputs = inputs;
-            let bound = self.slots.bound(lane);
+        // One session (connection, channel, consumer) per queue: a queue that is deleted or
+        // refused stops only its own consumer, which reconnects by itself.
+        for input in &a.inputs {
+            let mut one = a.clone();
+            one.inputs = vec![input.clone()];
+            let bound = self.slots.bound(input.lane);
             let limits = source::amqp::Limits {
                 prefetch: a
                     .prefetch
@@ -181,12 +174,12 @@ impl Io {
                 requeue_bound: cfg.retry.max_attempts,
             };
             self.amqp_sources.push(tokio::spawn(source::amqp::run(
-                la,
+                one,
                 limits,
-                self.slots.of(lane).clone(),
+                self.slots.of(input.lane).clone(),
                 intake_tx.clone(),
                 self.stop_rx.clone(),
-                (health.clone(), amqp_name(lane)),
+                (health.clone(), amqp_name(&input.queue)),
             )));
         }
         self.pollers.spawn(lag::amqp(

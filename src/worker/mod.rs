@@ -111,12 +111,9 @@ fn lane_of(queue: usize) -> Lane {
     LANES[queue % 2]
 }
 
-/// The readiness name of a lane's RabbitMQ consumer session.
-fn amqp_name(lane: Lane) -> String {
-    match lane {
-        Lane::Live => "amqp".into(),
-        Lane::Backfill => "amqp-backfill".into(),
-    }
+/// The readiness name of an input queue's RabbitMQ consumer session.
+fn amqp_name(queue: &str) -> String {
+    format!("amqp:{queue}")
 }
 
 /// Loads the model and tasks of `cfg`, then runs until `shutdown` resolves and the drain ends.

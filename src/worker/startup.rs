@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{amqp_name, StartError, LANES};
+use super::{amqp_name, StartError};
 use crate::config::WorkerConfig;
 use crate::engine::prepared::PreparedTask;
 use crate::engine::Engine;
@@ -35,10 +35,8 @@ pub(super) async fn load(cfg: &WorkerConfig) -> Result<Loaded, StartError> {
         health.expect_broker(lag::KAFKA);
     }
     if let Some(a) = &cfg.amqp {
-        for lane in LANES {
-            if a.inputs.iter().any(|i| i.lane == lane) {
-                health.expect_broker(&amqp_name(lane));
-            }
+        for input in &a.inputs {
+            health.expect_broker(&amqp_name(&input.queue));
         }
     }
     let specs = TaskFile::load(&cfg.model.tasks)?;

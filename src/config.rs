@@ -123,6 +123,10 @@ pub struct BatchingConfig {
     /// so memory stays bounded at any input rate; RabbitMQ's prefetch is set from it.
     /// Live inputs only: the backfill lane has its own bound.
     pub max_in_flight: usize,
+    /// Bytes of RabbitMQ messages received and not yet acknowledged, over all queues: a bound in
+    /// bytes besides the bound in documents (messages may be up to 16-128 MiB). The default
+    /// prefetch is sized from it (`max_in_flight_bytes / input.max_payload_bytes` per queue).
+    pub max_in_flight_bytes: usize,
     /// Unacknowledged documents of the backfill lane (its own bound, so a backfill can never
     /// take the slots live traffic needs). Default: half of `max_in_flight`.
     pub backfill_in_flight: Option<usize>,
@@ -143,6 +147,7 @@ impl Default for BatchingConfig {
             max_tokens: 8192,
             max_wait: Duration::from_millis(50),
             max_in_flight: 256,
+            max_in_flight_bytes: 256 << 20,
             backfill_in_flight: None,
             backfill_share: 0.1,
             stall_after: Duration::from_secs(120),
@@ -541,6 +546,9 @@ impl WorkerConfig {
             if a.uri.parse::<lapin::uri::AMQPUri>().is_err() {
                 // The parser's own message quotes the URI, password and all: not shown.
                 return bad("amqp.uri does not parse as amqp[s]://user:password@host[:port]/vhost (not shown: it may hold a password; percent-encode '/', '@', ':' and '%' in the user name and password)");
+            }
+            if self.batching.max_in_flight_bytes < self.input.max_payload_bytes {
+                return bad("batching.max_in_flight_bytes must hold at least one message of input.max_payload_bytes");
             }
             if a.prefetch == Some(0) {
                 return bad("amqp.prefetch must be positive (0 means unlimited to RabbitMQ)");

@@ -536,3 +536,66 @@ async fn an_engine_failing_every_batch_holds_documents_until_it_recovers() {
     assert_eq!(report["labelled"], 12, "{report}");
     assert_eq!(report["dead_lettered"], 0, "{report}");
 }
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}
+
+/// Memory is bounded in bytes, not only in messages: 300 one-megabyte messages arrive at once
+/// (each valid JSON naming an unknown task, so each becomes a one-megabyte dead letter), with
+/// `max_in_flight_bytes` at 8 MiB. The prefetch is sized from the byte budget (8 MiB / 2 MiB per
+/// message = 4) and deliveries wait for bytes, so the worker's peak resident memory grows by a
+/// few times the budget (payload, decoded text, dead-letter record), not by the 64-slot document
+/// bound times a megabyte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_memory_is_bounded_in_bytes() {
+    let setup = Setup::new();
+    let r = Rabbit::new("lm-bytes").await;
+    let body = r.config("results", "").replace(
+        "max_in_flight = 64",
+        "max_in_flight = 64\nmax_in_flight_bytes = 8388608\n\n[input]\nmax_payload_bytes = 2097152",
+    );
+    let cfg = setup.config("w.toml", &body);
+    let mut w = WorkerProc::start(&cfg, &setup.dir.path().join("w.log"));
+    w.wait_for_log("rabbitmq consumer started", Duration::from_secs(60));
+    w.wait_for_log("prefetch=4", Duration::from_secs(5));
+    let before = peak_rss(w.pid());
+    let text = "x".repeat(1 << 20);
+    let big: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            serde_json::to_vec(
+                &serde_json::json!({"id": format!("b-{i}"), "task": "nope", "text": text}),
+            )
+            .unwrap()
+        })
+        .collect();
+    r.publish(&big).await;
+    let start = Instant::now();
+    while r.depth("dead").await < 300 && start.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        r.depth("dead").await,
+        300,
+        "every message dead-lettered (unknown_task)"
+    );
+    let grown = peak_rss(w.pid()).saturating_sub(before);
+    eprintln!(
+        "peak resident memory grew by {} MiB (budget 8 MiB)",
+        grown >> 20
+    );
+    assert!(
+        grown < 64 << 20,
+        "peak resident memory grew by {} MiB for an 8 MiB budget",
+        grown >> 20
+    );
+    assert!(w.sigterm(Duration::from_secs(60)).success());
+}

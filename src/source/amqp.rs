@@ -156,7 +156,7 @@ pub async fn run(
         }
         let up = || health.broker(&name, true);
         let taken = (&slots, &requeues);
-        match session(&cfg, limits, taken, &tx, &mut stop, up).await {
+        match session(&cfg, limits.clone(), taken, &tx, &mut stop, up).await {
             Ok(conn) => return conn,
             Err(e) => {
                 health.broker(&name, false);
@@ -248,13 +248,19 @@ async fn session(
                 return Err(std::io::Error::other("a consumer was cancelled by the broker").into())
             }
         };
-        // The prefetch bounds what the broker sends; the slot bounds it over all sources.
+        // The prefetch bounds what the broker sends; the slot bounds it over all sources, and the
+        // byte budget bounds their size (shared by every source of the worker).
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = stop.changed() => return Ok(Some(Session { conn, ch })),
         };
+        let bytes = tokio::select! {
+            b = limits.bytes.take(d.data.len()) => b,
+            _ = stop.changed() => return Ok(Some(Session { conn, ch })),
+        };
         let requeue = (requeues.clone(), limits.requeue_bound);
-        let delivery = delivery(d, queue, (task, lane), permit, requeue);
+        let mut delivery = delivery(d, queue, (task, lane), permit, requeue);
+        delivery.bytes = Some(bytes);
         if tx.send(delivery).await.is_err() {
             return Ok(Some(Session { conn, ch }));
         }
@@ -262,8 +268,10 @@ async fn session(
 }
 
 /// The consumer's bounds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
+    /// The worker's byte budget for messages in flight.
+    pub bytes: super::ByteBudget,
     /// `basic.qos` prefetch.
     pub prefetch: u16,
     /// Deliveries of one message after which it is held instead of requeued again.
@@ -322,6 +330,7 @@ fn delivery(
         origin,
         failed_attempts: prior,
         permit,
+        bytes: None,
     }
 }
 

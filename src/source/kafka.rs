@@ -288,6 +288,7 @@ impl Reader<'_> {
             }),
             failed_attempts: 0,
             permit,
+            bytes: None,
         }
     }
 }

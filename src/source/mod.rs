@@ -81,6 +81,42 @@ pub struct Delivery {
     pub failed_attempts: u32,
     /// Holds one slot of the in-flight bound until the delivery is done with.
     pub permit: OwnedSemaphorePermit,
+    /// Holds its size in the in-flight byte budget (RabbitMQ deliveries).
+    pub bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Bytes of messages in flight, over all sources of a worker (`batching.max_in_flight_bytes`).
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    sem: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl ByteBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, u32::MAX as usize);
+        Self {
+            sem: std::sync::Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Waits until `len` bytes are free and holds them (a message larger than the whole budget
+    /// takes all of it, so it waits for the others but cannot wait forever).
+    pub async fn take(&self, len: usize) -> OwnedSemaphorePermit {
+        let n = u32::try_from(len.clamp(1, self.max)).expect("max fits u32");
+        self.sem
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Bytes held now.
+    pub fn taken(&self) -> usize {
+        self.max - self.sem.available_permits()
+    }
 }
 
 /// How a delivery is completed; each variant belongs to its source.

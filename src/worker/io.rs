@@ -161,16 +161,24 @@ impl Io {
         intake_tx: &mpsc::Sender<Delivery>,
     ) -> Arc<Sink> {
         let sink = Arc::new(AmqpSink::new(a));
+        let bytes = source::ByteBudget::new(cfg.batching.max_in_flight_bytes);
+        // The broker sends up to the prefetch per queue: sized so that prefetched messages of
+        // the largest accepted size fit the byte budget.
+        let per_queue = cfg.batching.max_in_flight_bytes
+            / cfg.input.max_payload_bytes.max(1)
+            / a.inputs.len().max(1);
         // One session (connection, channel, consumer) per queue: a queue that is deleted or
         // refused stops only its own consumer, which reconnects by itself.
         for input in &a.inputs {
             let mut one = a.clone();
             one.inputs = vec![input.clone()];
             let bound = self.slots.bound(input.lane);
+            let fits = bound.min(per_queue).max(1);
             let limits = source::amqp::Limits {
+                bytes: bytes.clone(),
                 prefetch: a
                     .prefetch
-                    .unwrap_or(u16::try_from(bound).unwrap_or(u16::MAX)),
+                    .unwrap_or(u16::try_from(fits).unwrap_or(u16::MAX)),
                 requeue_bound: cfg.retry.max_attempts,
             };
             self.amqp_sources.push(tokio::spawn(source::amqp::run(

@@ -177,39 +177,33 @@ impl DeadLetter {
             },
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         };
-        record.keep_payload(&d.payload, d.payload.len());
+        record.keep_payload(Raw::of(&d.payload), d.payload.len());
         record
     }
 
-    /// Keeps the first `n` bytes of `raw` (text when the whole payload is UTF-8, cut back to a
-    /// character boundary; else base64).
-    fn keep_payload(&mut self, raw: &[u8], n: usize) {
-        let kept = &raw[..n.min(raw.len())];
-        let (payload, payload_base64, represented) = match std::str::from_utf8(raw) {
-            Ok(_) => {
-                let valid = match std::str::from_utf8(kept) {
-                    Ok(s) => s,
-                    Err(e) => std::str::from_utf8(&kept[..e.valid_up_to()]).expect("valid prefix"),
-                };
-                (Some(valid.to_string()), None, valid.len())
-            }
-            Err(_) => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(kept);
-                (None, Some(b64), kept.len())
-            }
+    /// Keeps the first `n` bytes of `raw` (text cut back to a character boundary, or base64).
+    fn keep_payload(&mut self, raw: Raw<'_>, n: usize) {
+        let kept = raw.prefix(n);
+        self.payload_truncated = kept.len() < raw.len();
+        (self.payload, self.payload_base64) = match kept {
+            Raw::Text(s) => (Some(s.to_string()), None),
+            Raw::Bytes(b) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(b)),
+            ),
         };
-        self.payload_truncated = represented < raw.len();
-        self.payload = payload;
-        self.payload_base64 = payload_base64;
     }
 
     /// The record as JSON of at most `max` bytes: whole when it fits; else the payload is cut,
     /// then header values, the key, a long id and a long message, until it fits.
     pub fn encode_within(mut self, raw: &[u8], max: usize) -> Vec<u8> {
-        let mut bytes = self.encode();
-        if bytes.len() > max {
-            bytes = self.fit_payload(raw, max);
+        let whole = self.encode();
+        if whole.len() <= max {
+            return whole;
         }
+        // Judged once here, not at every step of the bisection.
+        let raw = Raw::of(raw);
+        let mut bytes = self.fit_payload(raw, max);
         if bytes.len() > max {
             self.fields_truncated = true;
             for h in &mut self.headers {
@@ -243,11 +237,11 @@ impl DeadLetter {
     /// Keeps the longest payload prefix with which the record fits `max` (none if even an empty
     /// one does not), found by bisection: the prefix's JSON length grows with it (escapes make
     /// it longer than the bytes, so the cut cannot be computed from the excess).
-    fn fit_payload(&mut self, raw: &[u8], max: usize) -> Vec<u8> {
+    fn fit_payload(&mut self, raw: Raw<'_>, max: usize) -> Vec<u8> {
         self.keep_payload(raw, 0);
         // The empty payload serialises as `""`.
         let fixed = self.encode().len() - 2;
-        let fits = |k: usize| fixed + payload_json_len(raw, k) <= max;
+        let fits = |k: usize| fixed + raw.prefix(k).json_len() <= max;
         let (mut lo, mut hi) = (0, raw.len());
         while lo < hi {
             let mid = lo + (hi - lo).div_ceil(2);
@@ -262,27 +256,54 @@ impl DeadLetter {
     }
 }
 
-/// The JSON length (quotes included) of the payload field keeping `k` bytes of `raw`.
-fn payload_json_len(raw: &[u8], k: usize) -> usize {
-    let kept = &raw[..k];
-    if std::str::from_utf8(raw).is_ok() {
-        let valid = match std::str::from_utf8(kept) {
-            Ok(s) => s,
-            Err(e) => std::str::from_utf8(&kept[..e.valid_up_to()]).expect("valid prefix"),
-        };
-        serde_json::to_string(valid).map_or(usize::MAX, |s| s.len())
-    } else {
-        4 * k.div_ceil(3) + 2
+/// The original payload, judged once: text when all of it is UTF-8, else bytes (kept as base64).
+#[derive(Debug, Clone, Copy)]
+enum Raw<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Raw<'a> {
+    fn of(raw: &'a [u8]) -> Self {
+        std::str::from_utf8(raw).map_or(Self::Bytes(raw), Self::Text)
     }
+
+    fn len(self) -> usize {
+        match self {
+            Self::Text(s) => s.len(),
+            Self::Bytes(b) => b.len(),
+        }
+    }
+
+    /// The first `n` bytes at most (text: cut back to a character boundary).
+    fn prefix(self, n: usize) -> Self {
+        match self {
+            Self::Text(s) => Self::Text(&s[..char_floor(s, n)]),
+            Self::Bytes(b) => Self::Bytes(&b[..n.min(b.len())]),
+        }
+    }
+
+    /// Its length as a JSON string, quotes included.
+    fn json_len(self) -> usize {
+        match self {
+            Self::Text(s) => serde_json::to_string(s).map_or(usize::MAX, |j| j.len()),
+            Self::Bytes(b) => 4 * b.len().div_ceil(3) + 2,
+        }
+    }
+}
+
+/// The largest character boundary of `s` at or below `n`.
+fn char_floor(s: &str, n: usize) -> usize {
+    let mut end = n.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
 }
 
 fn cut_chars(s: &mut String, max: usize) {
     if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+        s.truncate(char_floor(s, max));
         s.push('…');
     }
 }
@@ -334,7 +355,7 @@ mod tests {
             },
             timestamp: "t".into(),
         };
-        r.keep_payload(raw, raw.len());
+        r.keep_payload(Raw::of(raw), raw.len());
         r
     }
 

@@ -170,8 +170,7 @@ impl Breaker {
         if st.open.is_none() {
             tracing::error!(route = route.as_str(), %reason,
                 "systemic fault: intake paused, documents held unacknowledged, probing");
-            self.health.fault(route.as_str(), Some(reason.clone()));
-            metrics::route_up(route.as_str(), false);
+            self.report_open(route, &reason);
         }
         st.open = Some(reason);
         self.paused_until
@@ -185,9 +184,14 @@ impl Breaker {
         let mut routes = self.routes.lock().expect("breaker lock");
         let st = routes.entry(route).or_default();
         tracing::error!(route = route.as_str(), %reason, "route broken for a message");
-        self.health.fault(route.as_str(), Some(reason.clone()));
-        metrics::route_up(route.as_str(), false);
+        self.report_open(route, &reason);
         st.open = Some(reason);
+    }
+
+    /// Readiness and `labelmill_route_up` say that `route` is broken, and why.
+    fn report_open(&self, route: Route, reason: &str) {
+        self.health.fault(route.as_str(), Some(reason.to_string()));
+        metrics::route_up(route.as_str(), false);
     }
 
     /// Until when intake is paused, if it is.

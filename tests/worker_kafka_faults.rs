@@ -26,21 +26,7 @@ fn produce_errors_and_broker_outage_lose_nothing_and_never_commit_early() {
     let n = 600;
     let docs = good_docs(n);
     // Where each document landed, to check commits against results.
-    let coords: Vec<(i32, i64)> = rt.block_on(async {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        let mut out = Vec::new();
-        for (id, payload) in &docs {
-            let rec = FutureRecord::to("in")
-                .key(id.as_bytes())
-                .payload(payload.as_slice());
-            let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
-            out.push((d.partition, d.offset));
-        }
-        out
-    });
+    let coords = produce(&rt, &brokers, "in", &docs);
     let by_coord: HashMap<(i32, i64), String> = coords
         .iter()
         .zip(&docs)
@@ -73,10 +59,7 @@ producer_properties = {{ "message.timeout.ms" = "1500" }}
     );
     let cfg_path = setup.config("w.toml", &body);
     let cfg = WorkerConfig::load(&cfg_path).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = rt.spawn(labelmill::worker::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, worker) = start_worker(&rt, cfg);
 
     // Retriable produce errors: librdkafka retries them inside the idempotent producer.
     let retriable = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 8];
@@ -161,18 +144,7 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
     let mock = MockCluster::new(1).unwrap();
     let brokers = mock.bootstrap_servers();
     mock.create_topic("in", 1, 1).unwrap();
-    rt.block_on(async {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for (id, payload) in good_docs(50) {
-            let rec = FutureRecord::to("in")
-                .key(id.as_bytes())
-                .payload(payload.as_slice());
-            producer.send(rec, Duration::from_secs(10)).await.unwrap();
-        }
-    });
+    produce(&rt, &brokers, "in", &good_docs(50));
     let cfg: WorkerConfig = WorkerConfig::parse(
         &format!(
             "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
@@ -333,16 +305,7 @@ fn oversized_records_are_dead_lettered_and_the_partition_moves_on() {
         "id": "big-meta", "text": "hello", "meta": {"blob": "m".repeat(60_000)}
     }))
     .unwrap();
-    rt.block_on(async {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for (_, payload) in &docs {
-            let rec = FutureRecord::<[u8], [u8]>::to("in").payload(payload.as_slice());
-            producer.send(rec, Duration::from_secs(10)).await.unwrap();
-        }
-    });
+    produce(&rt, &brokers, "in", &docs);
     let setup = Setup::new();
     let body = format!(
         r#"
@@ -360,10 +323,7 @@ producer_properties = {{ "message.max.bytes" = "50000" }}
 "#
     );
     let cfg = WorkerConfig::load(&setup.config("w.toml", &body)).unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = rt.spawn(labelmill::worker::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, worker) = start_worker(&rt, cfg);
     let mut results = Reader::new(&brokers, "results");
     let mut dead = Reader::new(&brokers, "dead");
     let start = Instant::now();
@@ -433,16 +393,7 @@ fn a_broker_refusing_every_message_dead_letters_nothing_for_it() {
     }
     let mut docs = good_docs(30);
     docs[10].1 = b"{not json".to_vec();
-    rt.block_on(async {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for (_, payload) in &docs {
-            let rec = FutureRecord::<[u8], [u8]>::to("in").payload(payload.as_slice());
-            producer.send(rec, Duration::from_secs(10)).await.unwrap();
-        }
-    });
+    produce(&rt, &brokers, "in", &docs);
     let refused = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 30];
     mock.request_errors(RDKafkaApiKey::Produce, &refused);
     let setup = Setup::new();
@@ -467,10 +418,7 @@ dead_letter_topic = "dead"
     );
     let cfg = WorkerConfig::load(&setup.config("w.toml", &body)).unwrap();
     let prometheus = labelmill::telemetry::metrics::install().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = rt.spawn(labelmill::worker::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, worker) = start_worker(&rt, cfg);
     let mut results = Reader::new(&brokers, "results");
     let mut dead = Reader::new(&brokers, "dead");
     let mut saw_open = false;
@@ -515,6 +463,45 @@ dead_letter_topic = "dead"
     let t = common::worker::tally(&want, &results.ids());
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     assert_eq!(committed(&brokers, "refused", "in", 1)[&0], 30);
+}
+
+/// Produces `docs` (key = id) to `topic` one after another; returns each one's (partition, offset).
+fn produce(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+    topic: &str,
+    docs: &[(String, Vec<u8>)],
+) -> Vec<(i32, i64)> {
+    rt.block_on(async {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        let mut out = Vec::new();
+        for (id, payload) in docs {
+            let rec = FutureRecord::to(topic)
+                .key(id.as_bytes())
+                .payload(payload.as_slice());
+            let d = producer.send(rec, Duration::from_secs(10)).await.unwrap();
+            out.push((d.partition, d.offset));
+        }
+        out
+    })
+}
+
+/// Runs `labelmill::worker::run` on `rt` until the returned sender is used (or dropped).
+fn start_worker(
+    rt: &tokio::runtime::Runtime,
+    cfg: WorkerConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<labelmill::worker::WorkerReport, labelmill::worker::StartError>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = rt.spawn(labelmill::worker::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, worker)
 }
 
 /// A two-thread runtime for the tests that drive the worker's parts from plain threads.

@@ -95,6 +95,50 @@ class Workers:
         return codes
 
 
+def write_config(args, workdir, broker_section):
+    """The worker config shared by both brokers, with `broker_section` ([amqp] or [kafka])."""
+    config = os.path.join(workdir, "worker.toml")
+    with open(config, "w") as f:
+        f.write(f"""[model]
+model = "{args.model}/model.gguf"
+tasks = "{workdir}/tasks.toml"
+[http]
+listen = "127.0.0.1:0"
+[batching]
+max_docs = 32
+max_wait = "20ms"
+max_in_flight = {args.in_flight}
+[retry]
+max_attempts = 3
+initial_backoff = "50ms"
+max_backoff = "1s"
+[shutdown]
+drain_deadline = "20s"
+""" + broker_section)
+    return config
+
+
+def finish(args, workers, readers, outputs):
+    """Waits until every result and planted dead letter is in (or the timeout), stops the workers
+    and the readers, and tallies."""
+    threads, stop = readers
+    sent, results, dead, bad = outputs
+    deadline = time.time() + args.timeout
+    while time.time() < deadline and (len(set(results)) < len(sent) or len(dead) < len(bad)):
+        time.sleep(1)
+    time.sleep(3)
+    codes = workers.stop()
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    planted_codes = {}
+    for _, code in bad:
+        planted_codes[code] = planted_codes.get(code, 0) + 1
+    report = tally(sent, results, dead, planted_codes)
+    report.update({"worker_exit_codes": codes, "in_flight_bound": args.in_flight})
+    return report
+
+
 def tally(sent, results, dead, planted_codes):
     seen = {}
     for rid in results:
@@ -128,24 +172,7 @@ def run_amqp(args, workdir, rnd):
         ch.queue_declare(f"{tag}.{q}", durable=True, arguments={"x-expires": 1800000})
         if q != "input":
             ch.queue_bind(f"{tag}.{q}", tag, q)
-    config = os.path.join(workdir, "worker.toml")
-    with open(config, "w") as f:
-        f.write(f"""[model]
-model = "{args.model}/model.gguf"
-tasks = "{workdir}/tasks.toml"
-[http]
-listen = "127.0.0.1:0"
-[batching]
-max_docs = 32
-max_wait = "20ms"
-max_in_flight = {args.in_flight}
-[retry]
-max_attempts = 3
-initial_backoff = "50ms"
-max_backoff = "1s"
-[shutdown]
-drain_deadline = "20s"
-[amqp]
+    config = write_config(args, workdir, f"""[amqp]
 uri = "amqp://guest:guest@127.0.0.1:5672/%2f"
 inputs = [{{ queue = "{tag}.input", task = "ticket" }}]
 exchange = "{tag}"
@@ -211,20 +238,9 @@ reconnect_delay = "500ms"
             c.channel().queue_bind(f"{tag}.results", tag, "results")
             c.close()
         events.append((round(time.time() - start, 1), event, len(set(results))))
-    deadline = time.time() + args.timeout
-    while time.time() < deadline and (len(set(results)) < len(sent) or len(dead) < len(bad)):
-        time.sleep(1)
-    time.sleep(3)
-    codes = workers.stop()
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    planted_codes = {}
-    for _, code in bad:
-        planted_codes[code] = planted_codes.get(code, 0) + 1
-    report = tally(sent, results, dead, planted_codes)
-    report.update({"broker": "rabbitmq", "events": events, "worker_exit_codes": codes,
-                   "seconds": round(time.time() - start, 1), "in_flight_bound": args.in_flight})
+    report = finish(args, workers, (threads, stop), (sent, results, dead, bad))
+    report.update({"broker": "rabbitmq", "events": events,
+                   "seconds": round(time.time() - start, 1)})
     return report
 
 
@@ -239,24 +255,7 @@ def run_kafka(args, workdir, rnd):
               for t, p in [("input", 6), ("results", 3), ("dead", 1)]]
     for f in admin.create_topics(topics).values():
         f.result()
-    config = os.path.join(workdir, "worker.toml")
-    with open(config, "w") as f:
-        f.write(f"""[model]
-model = "{args.model}/model.gguf"
-tasks = "{workdir}/tasks.toml"
-[http]
-listen = "127.0.0.1:0"
-[batching]
-max_docs = 32
-max_wait = "20ms"
-max_in_flight = {args.in_flight}
-[retry]
-max_attempts = 3
-initial_backoff = "50ms"
-max_backoff = "1s"
-[shutdown]
-drain_deadline = "20s"
-[kafka]
+    config = write_config(args, workdir, f"""[kafka]
 brokers = "{brokers}"
 group_id = "{tag}"
 inputs = [{{ topic = "{tag}.input", task = "ticket" }}]
@@ -316,25 +315,13 @@ dead_letter_topic = "{tag}.dead"
             time.sleep(3)
             subprocess.run(["bash", "scripts/services.sh"], check=True, capture_output=True)
         events.append((round(time.time() - start, 1), event, len(set(results))))
-    deadline = time.time() + args.timeout
-    while time.time() < deadline and (len(set(results)) < len(sent) or len(dead) < len(bad)):
-        time.sleep(1)
-    time.sleep(3)
-    codes = workers.stop()
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    planted_codes = {}
-    for _, code in bad:
-        planted_codes[code] = planted_codes.get(code, 0) + 1
-    report = tally(sent, results, dead, planted_codes)
+    report = finish(args, workers, (threads, stop), (sent, results, dead, bad))
     # tansu (the Kafka-compatible broker the tests use) logs its own panics: a run in which it
     # crashed says nothing about labelmill.
     log = "target/test-services/tansu.log"
     broker_panics = open(log, errors="replace").read().count("panicked at") if os.path.exists(log) else 0
-    report.update({"broker": "kafka", "events": events, "worker_exit_codes": codes,
-                   "broker_panics_in_log": broker_panics,
-                   "seconds": round(time.time() - start, 1), "in_flight_bound": args.in_flight})
+    report.update({"broker": "kafka", "events": events, "broker_panics_in_log": broker_panics,
+                   "seconds": round(time.time() - start, 1)})
     return report
 
 

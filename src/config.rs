@@ -123,9 +123,10 @@ pub struct BatchingConfig {
     /// so memory stays bounded at any input rate; RabbitMQ's prefetch is set from it.
     /// Live inputs only: the backfill lane has its own bound.
     pub max_in_flight: usize,
-    /// Bytes of RabbitMQ messages received and not yet acknowledged, over all queues: a bound in
-    /// bytes besides the bound in documents (messages may be up to 16-128 MiB). The default
-    /// prefetch is sized from it (`max_in_flight_bytes / input.max_payload_bytes` per queue).
+    /// Bytes of messages received and not yet acknowledged, over all topics and queues: a bound
+    /// in bytes besides the bound in documents (messages may be up to 16-128 MiB). RabbitMQ's
+    /// default prefetch is sized from it (`max_in_flight_bytes / input.max_payload_bytes` per
+    /// queue); Kafka's prefetch queue (`queued.max.messages.kbytes`) defaults to a quarter of it.
     pub max_in_flight_bytes: usize,
     /// Unacknowledged documents of the backfill lane (its own bound, so a backfill can never
     /// take the slots live traffic needs). Default: half of `max_in_flight`.
@@ -287,6 +288,14 @@ pub struct KafkaConfig {
     /// librdkafka properties for the producer only.
     #[serde(default)]
     pub producer_properties: BTreeMap<String, String>,
+    /// Offsets of one partition read and not yet committed (finished ones behind an unfinished
+    /// one count too) before the partition is paused: what a crash can make the group redo.
+    #[serde(default = "default_partition_window")]
+    pub partition_window: usize,
+}
+
+fn default_partition_window() -> usize {
+    4096
 }
 
 fn default_group() -> String {
@@ -496,6 +505,9 @@ impl WorkerConfig {
         if b.max_docs == 0 || b.max_tokens == 0 || b.max_in_flight == 0 {
             return bad("batching.max_docs, max_tokens and max_in_flight must be positive");
         }
+        if b.max_in_flight_bytes < self.input.max_payload_bytes {
+            return bad("batching.max_in_flight_bytes must hold at least one message of input.max_payload_bytes");
+        }
         if b.max_in_flight < b.max_docs {
             return bad("batching.max_in_flight must be at least batching.max_docs");
         }
@@ -514,6 +526,9 @@ impl WorkerConfig {
             return bad("retry.max_attempts must be at least 1");
         }
         if let Some(k) = &self.kafka {
+            if k.partition_window < b.max_in_flight {
+                return bad("kafka.partition_window must be at least batching.max_in_flight");
+            }
             if k.inputs.is_empty() {
                 return bad("kafka.inputs is empty");
             }
@@ -546,9 +561,6 @@ impl WorkerConfig {
             if a.uri.parse::<lapin::uri::AMQPUri>().is_err() {
                 // The parser's own message quotes the URI, password and all: not shown.
                 return bad("amqp.uri does not parse as amqp[s]://user:password@host[:port]/vhost (not shown: it may hold a password; percent-encode '/', '@', ':' and '%' in the user name and password)");
-            }
-            if self.batching.max_in_flight_bytes < self.input.max_payload_bytes {
-                return bad("batching.max_in_flight_bytes must hold at least one message of input.max_payload_bytes");
             }
             if a.prefetch == Some(0) {
                 return bad("amqp.prefetch must be positive (0 means unlimited to RabbitMQ)");

@@ -1,7 +1,8 @@
 //! Fault injection for the worker's own tests, off unless `LABELMILL_FAULTS` is set:
 //! `admit-panic=MARKER` panics while admitting any message whose payload contains MARKER,
-//! `engine-hang=N` makes the engine thread hang on its N-th batch (1-based), and `engine-fail=N`
-//! fails its first N forward passes (a device failing every batch for a while). Read once at
+//! `engine-hang=N` makes the engine hang on its N-th batch (1-based), `engine-fail=N` fails its
+//! first N forward passes (a device failing every batch for a while), and `engine-slow=MS` makes
+//! its first batch take MS milliseconds longer (a slow batch during a rebalance). Read once at
 //! start-up.
 
 use std::sync::OnceLock;
@@ -15,6 +16,8 @@ pub struct Faults {
     pub engine_hang: Option<u64>,
     /// Fail this many forward passes first.
     pub engine_fail: Option<u64>,
+    /// Milliseconds added to the first batch.
+    pub engine_slow: Option<u64>,
 }
 
 impl Faults {
@@ -26,6 +29,7 @@ impl Faults {
                 Some(("admit-panic", m)) => f.admit_panic = Some(m.as_bytes().to_vec()),
                 Some(("engine-hang", n)) => f.engine_hang = n.parse().ok(),
                 Some(("engine-fail", n)) => f.engine_fail = n.parse().ok(),
+                Some(("engine-slow", n)) => f.engine_slow = n.parse().ok(),
                 _ => tracing::warn!(fault = part, "unknown LABELMILL_FAULTS entry ignored"),
             }
         }
@@ -67,10 +71,11 @@ mod tests {
 
     #[test]
     fn parses_each_fault() {
-        let f = Faults::parse("admit-panic=BOOM, engine-hang=3,engine-fail=9");
+        let f = Faults::parse("admit-panic=BOOM, engine-hang=3,engine-fail=9,engine-slow=250");
         assert_eq!(f.admit_panic.as_deref(), Some(&b"BOOM"[..]));
         assert_eq!(f.engine_hang, Some(3));
         assert_eq!(f.engine_fail, Some(9));
+        assert_eq!(f.engine_slow, Some(250));
         assert_eq!(Faults::parse(""), Faults::default());
         assert_eq!(Faults::parse("nonsense"), Faults::default());
     }

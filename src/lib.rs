@@ -27,6 +27,7 @@
 //! - [`worker`]: `labelmill worker`: sources -> batches -> engine -> sinks -> acks.
 //! - [`shutdown`]: signals that start a drain.
 //! - [`faults`]: fault injection for the worker's tests (`LABELMILL_FAULTS`).
+//! - [`memory`]: an in-memory broker for the worker's in-process test harness.
 //! - [`telemetry`]: Prometheus metrics, `/metrics` `/healthz` `/readyz`, lag and backlog seconds.
 //! - [`publish`]: `labelmill publish`: a JSONL file onto an input topic or queue, resumable.
 //! - [`classify`]: the `labelmill classify` pipeline (JSONL in, JSONL out).
@@ -51,6 +52,7 @@ pub mod eval;
 pub mod faults;
 pub mod inspect;
 pub mod lane;
+pub mod memory;
 pub mod message;
 pub mod publish;
 pub mod shutdown;

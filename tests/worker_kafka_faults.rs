@@ -161,12 +161,16 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
     let (stop_tx, stop_rx) = watch::channel(false);
     let got = rt.block_on(async {
         let (consumer, offsets) = kafka::consumer(&k).unwrap();
+        let bounds = kafka::Bounds {
+            slots: slots.clone(),
+            resume_at: 5,
+            bytes: labelmill::source::ByteBudget::new(64 << 20),
+        };
         let source = tokio::spawn(kafka::run(
             k,
             consumer.clone(),
             offsets,
-            slots.clone(),
-            5,
+            bounds,
             tx,
             stop_rx,
         ));
@@ -264,8 +268,12 @@ fn compressed_topics_are_read_with_every_codec() {
         let (stop_tx, stop_rx) = watch::channel(false);
         let got: Vec<Vec<u8>> = rt.block_on(async {
             let (consumer, offsets) = kafka::consumer(&k).unwrap();
-            let slots = Arc::new(Semaphore::new(100));
-            let source = tokio::spawn(kafka::run(k, consumer, offsets, slots, 50, tx, stop_rx));
+            let bounds = kafka::Bounds {
+                slots: Arc::new(Semaphore::new(100)),
+                resume_at: 50,
+                bytes: labelmill::source::ByteBudget::new(64 << 20),
+            };
+            let source = tokio::spawn(kafka::run(k, consumer, offsets, bounds, tx, stop_rx));
             let mut got = Vec::new();
             let start = Instant::now();
             while got.len() < docs.len() && start.elapsed() < Duration::from_secs(30) {
@@ -511,4 +519,203 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// A second worker joins the group while the first one's batch is still running: the first one
+/// must not publish the results of that batch (its partitions moved; the new owners redo them), so
+/// no stale result lands after a new owner's, and nothing is lost. Both workers are real
+/// `labelmill worker` processes on the mock cluster; the first one's first batch is slowed by
+/// `LABELMILL_FAULTS=engine-slow=...`, and the two tell their results apart by model file name.
+#[test]
+fn a_rebalance_during_a_slow_batch_publishes_nothing_stale() {
+    use common::worker::WorkerProc;
+    let rt = runtime();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    for (t, p) in [("in", 4), ("results", 1), ("dead", 1)] {
+        mock.create_topic(t, p, 1).unwrap();
+    }
+    let n = 48;
+    let docs = good_docs(n);
+    produce(&rt, &brokers, "in", &docs);
+    let setup = Setup::new();
+    let body = format!(
+        r#"
+[batching]
+max_docs = 8
+max_wait = "10ms"
+max_in_flight = 48
+
+[kafka]
+brokers = "{brokers}"
+group_id = "rebalance"
+inputs = [{{ topic = "in", task = "ticket" }}]
+results_topic = "results"
+dead_letter_topic = "dead"
+consumer_properties = {{ "session.timeout.ms" = "6000", "max.poll.interval.ms" = "10000" }}
+"#
+    );
+    let cfg_a = setup.config("a.toml", &body);
+    // The second worker loads the same weights under another file name: its results say so.
+    let b_model = setup.dir.path().join("model-b.gguf");
+    std::fs::copy(setup.model.join("model.gguf"), &b_model).unwrap();
+    let cfg_b = setup.dir.path().join("b.toml");
+    let text_a = std::fs::read_to_string(&cfg_a).unwrap();
+    let a_model = format!("{:?}", setup.model.join("model.gguf"));
+    std::fs::write(&cfg_b, text_a.replace(&a_model, &format!("{b_model:?}"))).unwrap();
+
+    let log = |name: &str| setup.dir.path().join(name);
+    let mut a = WorkerProc::start_with_env(
+        &cfg_a,
+        &log("a.log"),
+        &[("LABELMILL_FAULTS", "engine-slow=8000")],
+    );
+    a.wait_for_log("injected slow batch", Duration::from_secs(120));
+    let mut b = WorkerProc::start(&cfg_b, &log("b.log"));
+    // A's partitions are revoked while its first batch still runs.
+    a.wait_for_log("partitions revoked", Duration::from_secs(60));
+
+    let mut results = Reader::new(&brokers, "results");
+    let start = Instant::now();
+    let want: std::collections::HashSet<String> = docs.iter().map(|d| d.0.clone()).collect();
+    while start.elapsed() < Duration::from_secs(120) {
+        results.poll_for(Duration::from_millis(500));
+        let have: std::collections::HashSet<String> = results.ids().into_iter().collect();
+        if want.is_subset(&have) && start.elapsed() > Duration::from_secs(12) {
+            break;
+        }
+    }
+    assert!(a.sigterm(Duration::from_secs(60)).success());
+    assert!(b.sigterm(Duration::from_secs(60)).success());
+    results.poll_for(Duration::from_secs(1));
+
+    // Results in the order they landed (one partition), each with the worker that made it.
+    let landed: Vec<(String, String)> = results
+        .seen
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["model"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let have: std::collections::HashSet<&String> = landed.iter().map(|(id, _)| id).collect();
+    assert_eq!(have.len(), n, "every document has a result");
+    let by_b = |m: &str| m.contains("model-b");
+    assert!(
+        landed.iter().any(|(_, m)| by_b(m)),
+        "B took partitions over"
+    );
+    let mut duplicates = 0;
+    for id in &have {
+        let mine: Vec<&String> = landed
+            .iter()
+            .filter(|(i, _)| i == *id)
+            .map(|(_, m)| m)
+            .collect();
+        duplicates += mine.len() - 1;
+        if let Some(first_b) = mine.iter().position(|m| by_b(m)) {
+            assert!(
+                mine[first_b..].iter().all(|m| by_b(m)),
+                "{id}: a result of the old owner landed after the new owner's: {mine:?}"
+            );
+        }
+    }
+    let report_a = a.report();
+    eprintln!(
+        "rebalance: {n} documents, {} results, {duplicates} duplicates; A: revoked {}, labelled {}",
+        landed.len(),
+        report_a["revoked"],
+        report_a["labelled"]
+    );
+    assert!(
+        report_a["revoked"].as_u64().unwrap() > 0,
+        "A dropped the slow batch's documents of revoked partitions: {report_a}"
+    );
+    assert!(duplicates <= 48, "duplicates within the in-flight window");
+}
+
+/// Kafka input is bounded in bytes too: with 100 free slots and a 1 MiB byte budget, the source
+/// hands out only the records of about 300 KB that fit the budget, keeps the group's membership
+/// while it waits (it pauses and polls), and hands out the next ones as bytes are freed.
+#[test]
+fn kafka_intake_waits_for_the_byte_budget() {
+    use labelmill::source::{kafka, ByteBudget};
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, watch, Semaphore};
+
+    let rt = runtime();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("in", 1, 1).unwrap();
+    let text = "x".repeat(300_000);
+    let big: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let id = format!("b-{i}");
+            let doc = serde_json::json!({"id": id, "task": "ticket", "text": text});
+            (id, serde_json::to_vec(&doc).unwrap())
+        })
+        .collect();
+    // The mock cluster keeps about 5 MiB per partition: the twelve records fit.
+    let coords = produce(&rt, &brokers, "in", &big);
+    assert_eq!(coords.last(), Some(&(0, 11)));
+    let cfg = WorkerConfig::parse(
+        &format!(
+            "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
+             group_id = \"bytes\"\ninputs = [{{ topic = \"in\" }}]\nresults_topic = \"r\"\ndead_letter_topic = \"d\"\n\
+             consumer_properties = {{ \"max.poll.interval.ms\" = \"6000\", \"session.timeout.ms\" = \"6000\" }}\n"
+        ),
+        "test",
+        Vec::new(),
+    )
+    .unwrap();
+    let k = cfg.kafka.unwrap();
+    let budget = ByteBudget::new(1 << 20);
+    let (tx, mut rx) = mpsc::channel(100);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (first, second, assigned) = rt.block_on(async {
+        let (consumer, offsets) = kafka::consumer(&k).unwrap();
+        let bounds = kafka::Bounds {
+            slots: Arc::new(Semaphore::new(100)),
+            resume_at: 1,
+            bytes: budget.clone(),
+        };
+        let source = tokio::spawn(kafka::run(
+            k,
+            consumer.clone(),
+            offsets,
+            bounds,
+            tx,
+            stop_rx,
+        ));
+        // Past max.poll.interval.ms (6 s): a source that stopped polling would leave the group.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut first = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            first.push(d);
+        }
+        let held = budget.taken();
+        // Free the bytes of two deliveries (without acknowledging): two more come in.
+        let firsts = offsets_of(&first);
+        first.truncate(first.len() - 2);
+        let mut second = Vec::new();
+        let start = std::time::Instant::now();
+        while second.len() < 2 && start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                second.push(d);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rx.try_recv().is_err(), "no more than the freed bytes");
+        assert!(held <= 1 << 20, "{held} bytes held");
+        use rdkafka::consumer::Consumer;
+        let assigned = consumer.assignment().unwrap().count();
+        let _ = stop_tx.send(true);
+        source.await.unwrap();
+        (firsts, offsets_of(&second), assigned)
+    });
+    assert_eq!(first, vec![0, 1, 2], "3 records of 300 KB fit 1 MiB");
+    assert_eq!(second, vec![3, 4], "the next two, once two were freed");
+    assert_eq!(assigned, 1, "still in the group after waiting 10 s");
 }

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::rabbit::{Rabbit, URI};
-use common::worker::{bad_docs, good_docs, http_get, metric, metric_opt, Setup, WorkerProc};
+use common::worker::{
+    bad_docs, good_docs, http_get, metric, metric_opt, peak_rss, Setup, WorkerProc,
+};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,18 +537,6 @@ async fn an_engine_failing_every_batch_holds_documents_until_it_recovers() {
     let report = w.report();
     assert_eq!(report["labelled"], 12, "{report}");
     assert_eq!(report["dead_lettered"], 0, "{report}");
-}
-
-/// The peak resident memory of process `pid` (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kb * 1024
 }
 
 /// Memory is bounded in bytes, not only in messages: 300 one-megabyte messages arrive at once

@@ -1,6 +1,6 @@
-//! The engine on its own OS thread: async code sends batches through a channel and never blocks on
-//! the forward pass. A batch that fails is split in halves until the failing document is alone, so
-//! one poison document cannot fail its neighbours.
+//! The engine runner: async code sends batches through a channel and never blocks on the forward
+//! pass, which runs on tokio's blocking pool. A batch that fails is split in halves until the
+//! failing document is alone, so one poison document cannot fail its neighbours.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +35,13 @@ pub struct Outcome<T> {
     pub passes: usize,
 }
 
-/// Starts the engine thread. It runs until `jobs` closes, then ends after its last outcome.
+/// Starts the engine runner: a task that takes one job at a time and runs its forward passes on
+/// tokio's blocking pool, so async code never blocks on them. It runs until `jobs` closes, then
+/// ends after its last outcome.
+///
+/// The blocking pool, not a thread of its own, because tokio counts a running blocking task as
+/// work: under a paused clock (the worker's in-process harness) time then stands still while a
+/// batch computes, as it would in the real world, instead of racing to the next timer.
 ///
 /// `free` gets a permit each time a forward pass ends: the caller sends a job only when it holds
 /// one, so it chooses the next batch when the engine is free, not one batch ahead.
@@ -45,55 +51,75 @@ pub fn spawn<T: Send + 'static>(
     mut jobs: mpsc::Receiver<Job<T>>,
     outcomes: mpsc::Sender<Outcome<T>>,
     free: Arc<tokio::sync::Semaphore>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("labelmill-engine".into())
-        .spawn(move || {
-            let (mut batches, mut all_passes) = (0u64, 0u64);
-            while let Some(job) = jobs.blocking_recv() {
-                batches += 1;
-                if crate::faults::get().engine_hang == Some(batches) {
-                    tracing::warn!(batch = batches, "injected engine hang (LABELMILL_FAULTS)");
-                    loop {
-                        std::thread::sleep(Duration::from_secs(3600));
-                    }
-                }
-                let started = Instant::now();
-                let task = &tasks[job.task];
-                let docs: Vec<&[u32]> = job.ids.iter().map(Vec::as_slice).collect();
-                let mut passes = 0;
-                let scored = score_isolating(
-                    &mut |d: &[&[u32]]| {
-                        passes += 1;
-                        all_passes += 1;
-                        if crate::faults::engine_fails(all_passes) {
-                            return Err("injected engine failure (LABELMILL_FAULTS)".to_string());
-                        }
-                        // A panic in the forward pass fails this batch (then it is bisected),
-                        // instead of killing the thread and stranding every later batch.
-                        let scored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            engine.score(task, d)
-                        }));
-                        match scored {
-                            Ok(r) => r.map_err(|e| e.to_string()),
-                            Err(p) => Err(format!("the engine panicked: {}", panic_text(&p))),
-                        }
-                    },
-                    &docs,
-                );
-                free.add_permits(1);
-                let outcome = Outcome {
-                    task: job.task,
-                    results: job.items.into_iter().zip(scored).collect(),
-                    elapsed: started.elapsed(),
-                    passes,
-                };
-                if outcomes.blocking_send(outcome).is_err() {
-                    break;
-                }
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut counts = (0u64, 0u64);
+        while let Some(job) = jobs.recv().await {
+            let (engine, tasks) = (engine.clone(), tasks.clone());
+            let ran = tokio::task::spawn_blocking(move || {
+                let outcome = run_job(&engine, &tasks, job, &mut counts);
+                (outcome, counts)
+            })
+            .await;
+            free.add_permits(1);
+            let Ok((outcome, c)) = ran else {
+                break;
+            };
+            counts = c;
+            if outcomes.send(outcome).await.is_err() {
+                break;
             }
-        })
-        .expect("spawning the engine thread")
+        }
+    })
+}
+
+/// Runs one job: its forward passes, failures isolated. `counts` holds the batches and passes run
+/// so far (for the injected faults).
+fn run_job<T>(
+    engine: &Engine,
+    tasks: &[PreparedTask],
+    job: Job<T>,
+    (batches, all_passes): &mut (u64, u64),
+) -> Outcome<T> {
+    *batches += 1;
+    if crate::faults::get().engine_hang == Some(*batches) {
+        tracing::warn!(batch = *batches, "injected engine hang (LABELMILL_FAULTS)");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    let started = Instant::now();
+    if let Some(ms) = crate::faults::get().engine_slow.filter(|_| *batches == 1) {
+        tracing::warn!(ms, "injected slow batch (LABELMILL_FAULTS)");
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let task = &tasks[job.task];
+    let docs: Vec<&[u32]> = job.ids.iter().map(Vec::as_slice).collect();
+    let mut passes = 0;
+    let scored = score_isolating(
+        &mut |d: &[&[u32]]| {
+            passes += 1;
+            *all_passes += 1;
+            if crate::faults::engine_fails(*all_passes) {
+                return Err("injected engine failure (LABELMILL_FAULTS)".to_string());
+            }
+            // A panic in the forward pass fails this batch (then it is bisected), instead of
+            // stranding every later batch.
+            let scored =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.score(task, d)));
+            match scored {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(p) => Err(format!("the engine panicked: {}", panic_text(&p))),
+            }
+        },
+        &docs,
+    );
+    Outcome {
+        task: job.task,
+        results: job.items.into_iter().zip(scored).collect(),
+        elapsed: started.elapsed(),
+        passes,
+    }
 }
 
 /// The message of a caught panic.

@@ -3,6 +3,7 @@
 
 pub mod amqp;
 pub mod kafka;
+pub mod memory;
 
 /// What a message adds to its payload, key and headers on the wire, counted against the limit.
 pub const FRAMING_BYTES: usize = 512;
@@ -72,6 +73,14 @@ pub enum SinkError {
     /// retry, so nothing more is published for it here.
     #[error("the input's partition was revoked; its new owner redoes it")]
     Revoked,
+    /// The destination refused the message (the in-memory broker's planted faults).
+    #[error("'{destination}' refused the message: {reason}")]
+    Refused {
+        /// The destination.
+        destination: String,
+        /// Why.
+        reason: String,
+    },
     /// The message is larger than the destination takes.
     #[error("the message for '{destination}' has {size} bytes; the limit is {max}")]
     TooLarge {
@@ -114,6 +123,8 @@ pub enum Sink {
     Kafka(kafka::KafkaSink),
     /// A RabbitMQ exchange.
     Amqp(std::sync::Arc<amqp::AmqpSink>),
+    /// The in-memory broker (the in-process harness).
+    Memory(memory::MemorySink),
 }
 
 impl Sink {
@@ -123,6 +134,7 @@ impl Sink {
         match self {
             Self::Kafka(s) => s.publish(msg).await,
             Self::Amqp(s) => s.publish(msg).await,
+            Self::Memory(s) => s.publish(msg).await,
         }
     }
 
@@ -131,6 +143,7 @@ impl Sink {
         match self {
             Self::Kafka(s) => s.max_message_bytes(),
             Self::Amqp(s) => s.max_message_bytes(),
+            Self::Memory(s) => s.max_message_bytes(),
         }
     }
 

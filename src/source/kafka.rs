@@ -7,6 +7,7 @@
 //! (a third of that interval, at most 5 s), then pauses the partitions and goes on polling.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use rdkafka::ClientContext;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::offsets::Offsets;
-use super::{Acker, Delivery, Origin};
+use super::{Acker, ByteBudget, Delivery, Origin};
 use crate::config::KafkaConfig;
 
 /// The consumer type of the worker.
@@ -95,6 +96,10 @@ impl OffsetAck {
                     tracing::debug!(%topic, partition, offset = o, error = %e, "offset not stored");
                 }
             });
+        for (topic, partition) in self.offsets.take_resumable() {
+            tracing::info!(%topic, partition, "partition window drained: resuming the partition");
+            pause_one(&consumer, &topic, partition, false);
+        }
     }
 
     /// Whether its partition is still assigned here as when the message was read.
@@ -113,7 +118,7 @@ impl OffsetAck {
 pub fn consumer(
     cfg: &KafkaConfig,
 ) -> Result<(Arc<KafkaConsumer>, Arc<Offsets>), rdkafka::error::KafkaError> {
-    let offsets = Arc::new(Offsets::new());
+    let offsets = Arc::new(Offsets::new(cfg.partition_window));
     let mut cc = ClientConfig::new();
     cc.set("bootstrap.servers", &cfg.brokers)
         .set("group.id", &cfg.group_id)
@@ -134,16 +139,26 @@ pub fn consumer(
     Ok((Arc::new(consumer), offsets))
 }
 
-/// Reads messages into `tx` until `stop` turns true, holding one `slots` permit per message.
-/// When no slot frees within [`pause_after`], the partitions are paused (polling goes on), and
-/// resumed once `resume_at` slots are free: resuming for every freed slot would refetch one
-/// message per round trip.
+/// What bounds a Kafka source's intake.
+pub struct Bounds {
+    /// One permit per message in flight (its lane's in-flight bound).
+    pub slots: Arc<Semaphore>,
+    /// After a pause, resume once this many slots are free: resuming for every freed slot would
+    /// refetch one message per round trip.
+    pub resume_at: u32,
+    /// The worker's in-flight bytes (`batching.max_in_flight_bytes`).
+    pub bytes: ByteBudget,
+}
+
+/// Reads messages into `tx` until `stop` turns true, each holding one slot and its size in bytes.
+/// When no slot (or not enough bytes) frees within [`pause_after`], the partitions are paused
+/// (polling goes on) until it does. A partition holding `kafka.partition_window` offsets read
+/// and not yet stored is paused on its own until half of them are.
 pub async fn run(
     cfg: KafkaConfig,
     consumer: Arc<KafkaConsumer>,
     offsets: Arc<Offsets>,
-    slots: Arc<Semaphore>,
-    resume_at: u32,
+    bounds: Bounds,
     tx: mpsc::Sender<Delivery>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -154,8 +169,11 @@ pub async fn run(
     };
     // Messages read while paused, registered (with their assignment epoch) when read.
     let mut held: VecDeque<Read> = VecDeque::new();
-    let pause_after = pause_after(&cfg);
-    let mut paused = false;
+    let Bounds {
+        slots,
+        resume_at,
+        bytes,
+    } = bounds;
     loop {
         if *stop.borrow() {
             break;
@@ -163,48 +181,18 @@ pub async fn run(
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // Too much in flight. A slot usually frees within a batch: wait without reading
-                // (librdkafka's prefetch queue is bounded by queued.max.messages.kbytes). Pausing
-                // for every short wait would be slow: a pause drops the prefetched messages and a
-                // resume fetches them again.
-                let short = tokio::select! {
-                    p = tokio::time::timeout(pause_after, slots.clone().acquire_owned()) => p.ok(),
-                    _ = stop.changed() => return,
+                let one = async { slots.clone().acquire_owned().await };
+                let enough = async {
+                    let p = slots.clone().acquire_many_owned(resume_at.max(1)).await;
+                    // Keep one slot for the next message; the rest go back.
+                    p.map(|mut p| p.split(1).expect("at least one permit"))
                 };
-                match short {
+                match src.wait_polling(&mut held, &mut stop, one, enough).await {
                     Some(p) => p.expect("the semaphore is never closed"),
-                    None => {
-                        // A long stall: pause and keep polling, so the group keeps us
-                        // (max.poll.interval.ms) and rebalances are served.
-                        tracing::info!(?pause_after, "engine behind: pausing kafka partitions");
-                        pause(&consumer, true);
-                        paused = true;
-                        loop {
-                            tokio::select! {
-                                p = slots.clone().acquire_many_owned(resume_at.max(1)) => {
-                                    let mut p = p.expect("the semaphore is never closed");
-                                    // Keep one slot for the next message; the rest go back.
-                                    break p.split(1).expect("at least one permit");
-                                }
-                                m = consumer.recv() => match m {
-                                    // Fetched before the pause, or from a partition assigned since.
-                                    Ok(m) => {
-                                        held.extend(src.register(m.detach()));
-                                        pause(&consumer, true);
-                                    }
-                                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
-                                },
-                                _ = stop.changed() => return,
-                            }
-                        }
-                    }
+                    None => return,
                 }
             }
         };
-        if paused {
-            pause(&consumer, false);
-            paused = false;
-        }
         let read = match held.pop_front() {
             Some(r) => r,
             None => match recv_or_stop(&consumer, &mut stop).await {
@@ -216,7 +204,23 @@ pub async fn run(
                 None => break,
             },
         };
-        if tx.send(src.delivery(read, permit)).await.is_err() {
+        let size = read.size();
+        let held_bytes = match bytes.try_take(size) {
+            Some(b) => b,
+            None => {
+                let wait =
+                    src.wait_polling(&mut held, &mut stop, bytes.take(size), bytes.take(size));
+                match wait.await {
+                    Some(b) => b,
+                    None => return,
+                }
+            }
+        };
+        if tx
+            .send(src.delivery(read, permit, held_bytes))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -228,6 +232,18 @@ struct Read {
     epoch: u64,
 }
 
+impl Read {
+    /// Bytes it holds: payload, key and headers.
+    fn size(&self) -> usize {
+        let headers = self.msg.headers().map_or(0, |h| {
+            h.iter()
+                .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len))
+                .sum()
+        });
+        self.msg.payload().map_or(0, <[u8]>::len) + self.msg.key().map_or(0, <[u8]>::len) + headers
+    }
+}
+
 struct Reader<'a> {
     cfg: &'a KafkaConfig,
     consumer: &'a Arc<KafkaConsumer>,
@@ -235,14 +251,62 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Waits for `first`, then (past [`pause_after`]) for `then` with the partitions paused,
+    /// polling on so that the group keeps this member (`max.poll.interval.ms`) and rebalances are
+    /// served; messages fetched meanwhile are registered into `held`. `None` when stopping.
+    async fn wait_polling<T>(
+        &self,
+        held: &mut VecDeque<Read>,
+        stop: &mut watch::Receiver<bool>,
+        first: impl Future<Output = T>,
+        then: impl Future<Output = T>,
+    ) -> Option<T> {
+        // A slot usually frees within a batch: wait without reading (librdkafka's prefetch queue
+        // is bounded by queued.max.messages.kbytes). Pausing for every short wait would be slow:
+        // a pause drops the prefetched messages and a resume fetches them again.
+        let pause_after = pause_after(self.cfg);
+        tokio::select! {
+            v = tokio::time::timeout(pause_after, first) => if let Ok(v) = v { return Some(v) },
+            _ = stop.changed() => return None,
+        }
+        tracing::info!(?pause_after, "engine behind: pausing kafka partitions");
+        pause(self.consumer, true);
+        tokio::pin!(then);
+        let got = loop {
+            tokio::select! {
+                v = &mut then => break Some(v),
+                m = self.consumer.recv() => match m {
+                    // Fetched before the pause, or from a partition assigned since.
+                    Ok(m) => {
+                        held.extend(self.register(m.detach()));
+                        pause(self.consumer, true);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
+                },
+                _ = stop.changed() => break None,
+            }
+        };
+        pause(self.consumer, false);
+        for (topic, partition) in self.offsets.throttled() {
+            pause_one(self.consumer, &topic, partition, true);
+        }
+        got
+    }
+
     /// Registers a message as in flight the moment it is read: a message kept while paused
-    /// belongs to the assignment it was fetched in, not to one made since.
+    /// belongs to the assignment it was fetched in, not to one made since. Pauses its partition
+    /// when that fills the partition's window.
     fn register(&self, msg: OwnedMessage) -> Option<Read> {
-        match self
-            .offsets
-            .received(msg.topic(), msg.partition(), msg.offset())
-        {
-            Some(epoch) => Some(Read { msg, epoch }),
+        let (topic, partition) = (msg.topic(), msg.partition());
+        match self.offsets.received(topic, partition, msg.offset()) {
+            Some(epoch) => {
+                if self.offsets.over_window(topic, partition) {
+                    tracing::warn!(topic, partition, window = self.cfg.partition_window,
+                        "partition window full (an offset behind is unfinished): pausing the partition");
+                    pause_one(self.consumer, topic, partition, true);
+                }
+                Some(Read { msg, epoch })
+            }
             None => {
                 tracing::warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(),
                     "message of a partition not assigned to this worker: dropped (its owner reads it)");
@@ -251,7 +315,12 @@ impl Reader<'_> {
         }
     }
 
-    fn delivery(&self, r: Read, permit: tokio::sync::OwnedSemaphorePermit) -> Delivery {
+    fn delivery(
+        &self,
+        r: Read,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        bytes: tokio::sync::OwnedSemaphorePermit,
+    ) -> Delivery {
         let Read { msg, epoch } = r;
         let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
         let headers = msg
@@ -288,7 +357,7 @@ impl Reader<'_> {
             }),
             failed_attempts: 0,
             permit,
-            bytes: None,
+            bytes: Some(bytes),
         }
     }
 }
@@ -319,6 +388,19 @@ pub fn pause_after(cfg: &KafkaConfig) -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
     Duration::from_millis(interval_ms / 3).min(Duration::from_secs(5))
+}
+
+fn pause_one(consumer: &KafkaConsumer, topic: &str, partition: i32, on: bool) {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let r = if on {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = r {
+        tracing::warn!(topic, partition, error = %e, paused = on, "pausing/resuming a partition failed");
+    }
 }
 
 fn pause(consumer: &KafkaConsumer, on: bool) {

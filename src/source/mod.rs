@@ -5,6 +5,7 @@
 
 pub mod amqp;
 pub mod kafka;
+pub mod memory;
 pub mod offsets;
 
 use serde::Serialize;
@@ -81,7 +82,7 @@ pub struct Delivery {
     pub failed_attempts: u32,
     /// Holds one slot of the in-flight bound until the delivery is done with.
     pub permit: OwnedSemaphorePermit,
-    /// Holds its size in the in-flight byte budget (RabbitMQ deliveries).
+    /// Holds its size in the in-flight byte budget (Kafka and RabbitMQ deliveries).
     pub bytes: Option<OwnedSemaphorePermit>,
 }
 
@@ -113,6 +114,12 @@ impl ByteBudget {
             .expect("the semaphore is never closed")
     }
 
+    /// Holds `len` bytes if they are free now.
+    pub fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = u32::try_from(len.clamp(1, self.max)).expect("max fits u32");
+        self.sem.clone().try_acquire_many_owned(n).ok()
+    }
+
     /// Bytes held now.
     pub fn taken(&self) -> usize {
         self.max - self.sem.available_permits()
@@ -126,6 +133,8 @@ pub enum Acker {
     Kafka(kafka::OffsetAck),
     /// Ack the AMQP delivery on its channel.
     Amqp(amqp::AmqpAck),
+    /// Ack the message on the in-memory broker (the in-process harness).
+    Memory(memory::MemoryAck),
 }
 
 impl Acker {
@@ -138,6 +147,7 @@ impl Acker {
                 true
             }
             Self::Amqp(a) => a.ack().await,
+            Self::Memory(a) => a.ack(),
         }
     }
 
@@ -147,7 +157,7 @@ impl Acker {
     pub fn owned(&self) -> bool {
         match self {
             Self::Kafka(a) => a.owned(),
-            Self::Amqp(_) => true,
+            Self::Amqp(_) | Self::Memory(_) => true,
         }
     }
 
@@ -162,6 +172,10 @@ impl Acker {
                 amqp::GaveUp::Requeued
             }
             Self::Amqp(a) => a.requeue().await,
+            Self::Memory(a) => {
+                a.requeue();
+                amqp::GaveUp::Requeued
+            }
         }
     }
 }

@@ -12,6 +12,8 @@ struct Partition {
     epoch: u64,
     /// offset -> done; only offsets read and not yet stored.
     pending: BTreeMap<i64, bool>,
+    /// Paused for holding `window` offsets; resumed when half of them are stored.
+    throttled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -19,18 +21,65 @@ struct State {
     /// Last epoch handed out.
     epoch: u64,
     parts: HashMap<(String, i32), Partition>,
+    /// Throttled partitions whose window has drained: to be resumed.
+    resumable: Vec<(String, i32)>,
 }
 
 /// Offsets in flight for every assigned partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Offsets {
     inner: Mutex<State>,
+    window: usize,
+}
+
+impl Default for Offsets {
+    fn default() -> Self {
+        Self::new(usize::MAX)
+    }
 }
 
 impl Offsets {
-    /// A new empty tracker.
-    pub fn new() -> Self {
-        Self::default()
+    /// A new empty tracker whose partitions hold at most about `window` offsets read and not yet
+    /// stored (see [`Self::over_window`]).
+    pub fn new(window: usize) -> Self {
+        Self {
+            inner: Mutex::new(State::default()),
+            window: window.max(1),
+        }
+    }
+
+    /// Whether the partition now holds `window` offsets read and not stored (done ones behind an
+    /// unfinished one count too: a crash would replay them all). `true` only once per episode:
+    /// the caller pauses the partition, and [`Self::take_resumable`] names it again when half
+    /// of the window is stored.
+    pub fn over_window(&self, topic: &str, partition: i32) -> bool {
+        let window = self.window;
+        let mut g = self.lock();
+        match g.parts.get_mut(&(topic.to_string(), partition)) {
+            Some(p) if !p.throttled && p.pending.len() >= window => {
+                p.throttled = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Partitions paused for their window now (to keep paused when the others resume).
+    pub fn throttled(&self) -> Vec<(String, i32)> {
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .parts
+            .iter()
+            .filter(|(_, p)| p.throttled)
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Throttled partitions whose window has drained since the last call: resume them.
+    pub fn take_resumable(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut self.lock().resumable)
     }
 
     /// The partition was assigned: start afresh (librdkafka also forgets stored offsets then).
@@ -43,6 +92,7 @@ impl Offsets {
             Partition {
                 epoch,
                 pending: BTreeMap::new(),
+                throttled: false,
             },
         );
     }
@@ -76,6 +126,7 @@ impl Offsets {
         offset: i64,
         store: impl FnOnce(i64),
     ) -> Option<i64> {
+        let window = self.window;
         let mut g = self.lock();
         let p = g.parts.get_mut(&(topic.to_string(), partition))?;
         if p.epoch != epoch {
@@ -92,6 +143,10 @@ impl Offsets {
         }
         if let Some(o) = last {
             store(o);
+        }
+        if p.throttled && p.pending.len() <= window / 2 {
+            p.throttled = false;
+            g.resumable.push((topic.to_string(), partition));
         }
         last
     }
@@ -120,7 +175,7 @@ impl Offsets {
 mod tests {
     #[test]
     fn a_revoked_assignment_is_not_owned_even_when_the_partition_comes_back() {
-        let o = super::Offsets::new();
+        let o = super::Offsets::default();
         o.assign("t", 0);
         let e1 = o.received("t", 0, 5).unwrap();
         assert!(o.owned("t", 0, e1));
@@ -134,13 +189,38 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_partition_stuck_behind_one_offset_is_throttled_at_its_window() {
+        let o = Offsets::new(4);
+        o.assign("t", 0);
+        o.assign("t", 1);
+        let mut e = 0;
+        for off in 0..4 {
+            assert!(!o.over_window("t", 0), "{off} pending: under the window");
+            e = o.received("t", 0, off).unwrap();
+        }
+        assert!(o.over_window("t", 0), "4 pending: at the window");
+        assert!(!o.over_window("t", 0), "reported once per episode");
+        assert_eq!(o.throttled(), vec![("t".to_string(), 0)]);
+        assert!(!o.over_window("t", 1), "the other partition is free");
+        // Offset 0 is stuck; the later ones finish but cannot be stored.
+        for off in 1..4 {
+            assert_eq!(done(&o, e, off), None);
+        }
+        assert!(o.take_resumable().is_empty(), "still 4 pending behind 0");
+        assert_eq!(done(&o, e, 0), Some(3));
+        assert_eq!(o.take_resumable(), vec![("t".to_string(), 0)]);
+        assert!(o.take_resumable().is_empty());
+        assert!(o.throttled().is_empty());
+    }
+
     fn done(o: &Offsets, epoch: u64, off: i64) -> Option<i64> {
         o.done("t", 0, epoch, off, |_| {})
     }
 
     #[test]
     fn stores_only_the_contiguous_watermark() {
-        let o = Offsets::new();
+        let o = Offsets::default();
         o.assign("t", 0);
         let e = (10..15)
             .map(|off| o.received("t", 0, off))
@@ -158,7 +238,7 @@ mod tests {
 
     #[test]
     fn partitions_are_independent() {
-        let o = Offsets::new();
+        let o = Offsets::default();
         assert_eq!(o.received("t", 0, 5), None, "not assigned");
         o.assign("t", 0);
         o.assign("t", 1);
@@ -170,7 +250,7 @@ mod tests {
 
     #[test]
     fn work_of_a_revoked_partition_never_stores() {
-        let o = Offsets::new();
+        let o = Offsets::default();
         o.assign("t", 0);
         let old = o.received("t", 0, 3).unwrap();
         assert_eq!(o.revoke("t", 0), 1);

@@ -79,6 +79,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process) and returns the handle that renders it.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
+    // Workers started side by side in one process (the in-process tests) install it once.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -109,7 +109,7 @@ pub(super) async fn run(
                 None
             }
             _ = tokio::time::sleep_until(batch_due.unwrap_or_else(far_future)), if batch_due.is_some() => {
-                let expired = pipe.batcher.expired(Instant::now());
+                let expired = pipe.batcher.expired(super::pipeline::now());
                 pipe.queue(expired);
                 None
             }

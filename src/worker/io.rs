@@ -11,7 +11,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::{amqp_name, StartError, LANES};
 use crate::config::{AmqpConfig, KafkaConfig, WorkerConfig};
 use crate::lane::Lane;
-use crate::sink::{amqp::AmqpSink, kafka::KafkaSink, Sink};
+use crate::memory::Broker;
+use crate::sink::{amqp::AmqpSink, kafka::KafkaSink, memory::MemorySink, Sink};
 use crate::source::kafka::KafkaConsumer;
 use crate::source::{self, Delivery};
 use crate::telemetry::backlog::Backlog;
@@ -58,6 +59,8 @@ impl Slots {
 /// Sources, sinks and pollers of a running worker.
 pub(super) struct Io {
     pub slots: Slots,
+    /// Bytes of deliveries in flight, over every source.
+    bytes: source::ByteBudget,
     pub backlog: Arc<Backlog>,
     pub intake_rx: mpsc::Receiver<Delivery>,
     /// Turns true when the drain starts: sources stop taking messages.
@@ -72,13 +75,19 @@ pub(super) struct Io {
 }
 
 impl Io {
-    /// Starts every configured source, sink and lag poller.
-    pub(super) fn start(cfg: &WorkerConfig, health: &Arc<Health>) -> Result<Self, StartError> {
+    /// Starts every configured source, sink and lag poller; with `memory`, the in-memory broker
+    /// too (its sink takes the place of RabbitMQ's, as its deliveries behave as RabbitMQ's do).
+    pub(super) fn start(
+        cfg: &WorkerConfig,
+        health: &Arc<Health>,
+        memory: Option<Arc<Broker>>,
+    ) -> Result<Self, StartError> {
         let slots = Slots::new(cfg);
         let (intake_tx, intake_rx) = mpsc::channel(slots.bounds[0] + slots.bounds[1]);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut io = Self {
             slots,
+            bytes: source::ByteBudget::new(cfg.batching.max_in_flight_bytes),
             backlog: Arc::new(Backlog::default()),
             intake_rx,
             stop_tx,
@@ -95,6 +104,17 @@ impl Io {
         }
         if let Some(a) = &cfg.amqp {
             io.amqp_sink = Some(io.start_amqp(a, cfg, health, &intake_tx));
+        }
+        if let Some(broker) = memory {
+            // The in-memory broker is always up.
+            health.broker(source::memory::QUEUE, true);
+            io.source_tasks.spawn(source::memory::run(
+                broker.clone(),
+                io.slots.of(Lane::Live).clone(),
+                intake_tx.clone(),
+                io.stop_rx.clone(),
+            ));
+            io.amqp_sink = Some(Arc::new(Sink::Memory(MemorySink::new(broker))));
         }
         Ok(io)
     }
@@ -124,6 +144,12 @@ impl Io {
             if lane == Lane::Backfill {
                 lk.group_id = format!("{}-backfill", k.group_id);
             }
+            // librdkafka's prefetch queue comes on top of the in-flight bytes: a quarter of the
+            // budget (at most librdkafka's own default, 64 MiB), unless configured.
+            let prefetch_kib = (cfg.batching.max_in_flight_bytes / 4 / 1024).clamp(1024, 65_536);
+            lk.consumer_properties
+                .entry("queued.max.messages.kbytes".into())
+                .or_insert_with(|| prefetch_kib.to_string());
             let (consumer, offsets) = source::kafka::consumer(&lk)?;
             measured.push(lag::LagSource {
                 lane,
@@ -133,12 +159,16 @@ impl Io {
             self.kafka_consumers.push(consumer.clone());
             let bound = self.slots.bound(lane);
             let resume_at = (bound / 2).max(cfg.batching.max_docs.min(bound));
+            let bounds = source::kafka::Bounds {
+                slots: self.slots.of(lane).clone(),
+                resume_at: u32::try_from(resume_at).unwrap_or(u32::MAX),
+                bytes: self.bytes.clone(),
+            };
             self.source_tasks.spawn(source::kafka::run(
                 lk,
                 consumer,
                 offsets,
-                self.slots.of(lane).clone(),
-                u32::try_from(resume_at).unwrap_or(u32::MAX),
+                bounds,
                 intake_tx.clone(),
                 self.stop_rx.clone(),
             ));
@@ -161,7 +191,7 @@ impl Io {
         intake_tx: &mpsc::Sender<Delivery>,
     ) -> Arc<Sink> {
         let sink = Arc::new(AmqpSink::new(a));
-        let bytes = source::ByteBudget::new(cfg.batching.max_in_flight_bytes);
+        let bytes = self.bytes.clone();
         // The broker sends up to the prefetch per queue: sized so that prefetched messages of
         // the largest accepted size fit the byte budget.
         let per_queue = cfg.batching.max_in_flight_bytes

@@ -34,6 +34,7 @@ use crate::batch::Batcher;
 use crate::config::WorkerConfig;
 use crate::engine::thread::{self, Job, Outcome};
 use crate::lane::Lane;
+use crate::telemetry::health::Health;
 use admit::Doc;
 use breaker::Breaker;
 use finish::{Counters, Ending, Finisher};
@@ -125,12 +126,37 @@ pub async fn run(
     cfg: WorkerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<WorkerReport, StartError> {
+    run_with(cfg, None, shutdown).await
+}
+
+/// [`run`] on the in-memory broker `broker` as well as the configured ones (usually none: the
+/// config's `[kafka]` and `[amqp]` may be left out), answering probes from `health`. The
+/// in-process harness: batching, retries, the breaker and the drain run as in production, against
+/// faults a test plants in the broker, under tokio's paused clock if the test pauses it.
+pub async fn run_in_memory(
+    cfg: WorkerConfig,
+    broker: Arc<crate::memory::Broker>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkerReport, StartError> {
+    run_with(cfg, Some((broker, health)), shutdown).await
+}
+
+async fn run_with(
+    cfg: WorkerConfig,
+    memory: Option<(Arc<crate::memory::Broker>, Arc<Health>)>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WorkerReport, StartError> {
+    let (memory, health) = match memory {
+        Some((broker, health)) => (Some(broker), health),
+        None => (None, Arc::new(Health::default())),
+    };
     let startup::Loaded {
         health,
         engine,
         tasks,
-    } = startup::load(&cfg).await?;
-    let mut io = io::Io::start(&cfg, &health)?;
+    } = startup::load(&cfg, health).await?;
+    let mut io = io::Io::start(&cfg, &health, memory)?;
     let counters = Arc::new(Counters::default());
     let breaker = Arc::new(Breaker::new(health.clone(), cfg.retry.max_backoff));
     // Set when the worker cannot go on (a stuck Kafka partition, a dead engine thread): it drains
@@ -223,7 +249,7 @@ pub async fn run(
     report.engine_retries = counters.engine_retries.load(Ordering::Relaxed);
     report.ack_failures = counters.ack_failures.load(Ordering::Relaxed);
     if report.abandoned == 0 {
-        let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+        let _ = engine_thread.await;
     }
     tracing::info!(report = %serde_json::to_string(&report).unwrap_or_default(), "worker stopped");
     Ok(report)

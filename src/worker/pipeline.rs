@@ -2,7 +2,6 @@
 //! lane, closed batches waiting for the engine, and what happens to each engine outcome.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -67,7 +66,7 @@ impl Pipeline {
     pub(super) fn push(&mut self, doc: Doc) {
         let cost = doc.cost(&self.tasks);
         let queue = queue_of(doc.task, doc.delivery.lane);
-        let ready = self.batcher.push(queue, cost, doc, Instant::now());
+        let ready = self.batcher.push(queue, cost, doc, now());
         self.queue(ready);
     }
 
@@ -172,4 +171,9 @@ async fn engine_failed(
     breaker.wait_or_closed(Route::Engine, wait).await;
     let _ = retry_tx.send(doc);
     None
+}
+
+/// The worker's clock for batch deadlines: tokio's, so a paused test clock drives them too.
+pub(super) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }

@@ -22,9 +22,8 @@ pub(super) struct Loaded {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz`, loads the model and prepares every task.
-pub(super) async fn load(cfg: &WorkerConfig) -> Result<Loaded, StartError> {
+pub(super) async fn load(cfg: &WorkerConfig, health: Arc<Health>) -> Result<Loaded, StartError> {
     let prometheus = metrics::install()?;
-    let health = Arc::new(Health::default());
     crate::telemetry::http::serve(cfg.http.listen, prometheus, health.clone())
         .await
         .map_err(|source| StartError::Http {

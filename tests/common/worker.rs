@@ -359,3 +359,15 @@ pub fn metric_opt(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
 }
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kb * 1024
+}

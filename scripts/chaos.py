@@ -248,13 +248,20 @@ def run_kafka(args, workdir, rnd):
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    brokers = "127.0.0.1:9092"
     tag = f"chaos-{os.getpid()}"
-    admin = AdminClient({"bootstrap.servers": brokers})
-    topics = [NewTopic(f"{tag}.{t}", num_partitions=p, replication_factor=1)
-              for t, p in [("input", 6), ("results", 3), ("dead", 1)]]
-    for f in admin.create_topics(topics).values():
-        f.result()
+    # The mock keeps about 5 MiB per partition: six partitions hold 10,000 results.
+    partitions = [("input", 6), ("results", 6), ("dead", 1)]
+    mock = None
+    if args.kafka == "mock":
+        mock = subprocess.Popen([args.mock_kafka] + [f"{tag}.{t}:{p}" for t, p in partitions],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        brokers = mock.stdout.readline().strip()
+    else:
+        brokers = "127.0.0.1:9092"
+        admin = AdminClient({"bootstrap.servers": brokers})
+        topics = [NewTopic(f"{tag}.{t}", num_partitions=p, replication_factor=1) for t, p in partitions]
+        for f in admin.create_topics(topics).values():
+            f.result()
     config = write_config(args, workdir, f"""[kafka]
 brokers = "{brokers}"
 group_id = "{tag}"
@@ -308,6 +315,10 @@ dead_letter_topic = "{tag}.dead"
             workers.scale(3)
         elif event == "scale1":
             workers.scale(1)
+        elif event == "broker" and mock:
+            mock.stdin.write("restart 3\n")
+            mock.stdin.flush()
+            assert mock.stdout.readline().strip() == "restarted"
         elif event == "broker":
             subprocess.run(["pkill", "-f", "tansu broker"], check=False)
             while subprocess.run(["pgrep", "-f", "tansu broker"], capture_output=True).returncode == 0:
@@ -316,12 +327,16 @@ dead_letter_topic = "{tag}.dead"
             subprocess.run(["bash", "scripts/services.sh"], check=True, capture_output=True)
         events.append((round(time.time() - start, 1), event, len(set(results))))
     report = finish(args, workers, (threads, stop), (sent, results, dead, bad))
-    # tansu (the Kafka-compatible broker the tests use) logs its own panics: a run in which it
-    # crashed says nothing about labelmill.
-    log = "target/test-services/tansu.log"
-    broker_panics = open(log, errors="replace").read().count("panicked at") if os.path.exists(log) else 0
-    report.update({"broker": "kafka", "events": events, "broker_panics_in_log": broker_panics,
+    report.update({"broker": "kafka", "kafka": args.kafka, "events": events,
                    "seconds": round(time.time() - start, 1)})
+    if mock:
+        mock.stdin.close()
+        mock.wait(30)
+    else:
+        # tansu logs its own panics: a run in which it crashed says nothing about labelmill.
+        log = "target/test-services/tansu.log"
+        panics = open(log, errors="replace").read().count("panicked at") if os.path.exists(log) else 0
+        report["broker_panics_in_log"] = panics
     return report
 
 
@@ -338,8 +353,11 @@ def main():
     ap.add_argument("--route-down", type=float, default=30.0, help="seconds without the results binding")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--no-broker-restart", action="store_true",
-                    help="leave the broker up (tansu 0.6.0 does not reassign partitions well after a restart)")
+    ap.add_argument("--no-broker-restart", action="store_true", help="leave the broker up")
+    ap.add_argument("--kafka", choices=["mock", "tansu"], default="mock",
+                    help="mock: librdkafka's mock broker in its own process (examples/mock_kafka.rs); "
+                         "tansu: the one at 127.0.0.1:9092 (tansu 0.6.0 panics in group rebalances)")
+    ap.add_argument("--mock-kafka", default="target/release/examples/mock_kafka")
     ap.add_argument("--keep", help="keep configs and worker logs in this directory")
     args = ap.parse_args()
     rnd = random.Random(args.seed)

@@ -15,8 +15,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::offsets::Offsets;
@@ -45,6 +46,8 @@ impl ConsumerContext for RebalanceContext {
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke (nothing stored is normal)");
             }
+            // Until the new assignment: nothing read now could be committed.
+            self.offsets.set_rebalancing(true);
             tracing::info!(partitions = tpl.count(), abandoned, "partitions revoked");
         }
     }
@@ -54,7 +57,19 @@ impl ConsumerContext for RebalanceContext {
             for e in tpl.elements() {
                 self.offsets.assign(e.topic(), e.partition());
             }
+            self.offsets.set_rebalancing(false);
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress) {
+                if !self.offsets.rebalancing() {
+                    tracing::info!("the group is rebalancing (commits refused): no new reads until it completes");
+                }
+                self.offsets.set_rebalancing(true);
+            }
         }
     }
 }
@@ -178,6 +193,18 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
+        if offsets.rebalancing() && held.is_empty() {
+            // Polled on (the rebalance completes inside the poll), partitions paused. A rebalance
+            // that never reports its end is given up on after twice `pause_after`.
+            let limit = pause_after(&cfg) * 2;
+            let done = tokio::time::timeout(limit, offsets.rebalanced());
+            let never = std::future::pending();
+            let waited = src.wait_polling(&mut held, &mut stop, Duration::ZERO, never, done);
+            if waited.await.is_none() {
+                return;
+            }
+            offsets.set_rebalancing(false);
+        }
         let permit = match slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -187,7 +214,11 @@ pub async fn run(
                     // Keep one slot for the next message; the rest go back.
                     p.map(|mut p| p.split(1).expect("at least one permit"))
                 };
-                match src.wait_polling(&mut held, &mut stop, one, enough).await {
+                let patience = pause_after(&cfg);
+                match src
+                    .wait_polling(&mut held, &mut stop, patience, one, enough)
+                    .await
+                {
                     Some(p) => p.expect("the semaphore is never closed"),
                     None => return,
                 }
@@ -208,8 +239,9 @@ pub async fn run(
         let held_bytes = match bytes.try_take(size) {
             Some(b) => b,
             None => {
-                let wait =
-                    src.wait_polling(&mut held, &mut stop, bytes.take(size), bytes.take(size));
+                let (first, then) = (bytes.take(size), bytes.take(size));
+                let patience = pause_after(&cfg);
+                let wait = src.wait_polling(&mut held, &mut stop, patience, first, then);
                 match wait.await {
                     Some(b) => b,
                     None => return,
@@ -251,25 +283,27 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Waits for `first`, then (past [`pause_after`]) for `then` with the partitions paused,
+    /// Waits for `first`, then (past `patience`) for `then` with the partitions paused,
     /// polling on so that the group keeps this member (`max.poll.interval.ms`) and rebalances are
     /// served; messages fetched meanwhile are registered into `held`. `None` when stopping.
     async fn wait_polling<T>(
         &self,
         held: &mut VecDeque<Read>,
         stop: &mut watch::Receiver<bool>,
+        patience: Duration,
         first: impl Future<Output = T>,
         then: impl Future<Output = T>,
     ) -> Option<T> {
         // A slot usually frees within a batch: wait without reading (librdkafka's prefetch queue
         // is bounded by queued.max.messages.kbytes). Pausing for every short wait would be slow:
         // a pause drops the prefetched messages and a resume fetches them again.
-        let pause_after = pause_after(self.cfg);
-        tokio::select! {
-            v = tokio::time::timeout(pause_after, first) => if let Ok(v) = v { return Some(v) },
-            _ = stop.changed() => return None,
+        if !patience.is_zero() {
+            tokio::select! {
+                v = tokio::time::timeout(patience, first) => if let Ok(v) = v { return Some(v) },
+                _ = stop.changed() => return None,
+            }
+            tracing::info!(?patience, "engine behind: pausing kafka partitions");
         }
-        tracing::info!(?pause_after, "engine behind: pausing kafka partitions");
         pause(self.consumer, true);
         tokio::pin!(then);
         let got = loop {

@@ -30,6 +30,8 @@ struct State {
 pub struct Offsets {
     inner: Mutex<State>,
     window: usize,
+    /// Set while the group rebalances and refuses commits (see [`Self::set_rebalancing`]).
+    rebalancing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Offsets {
@@ -45,6 +47,29 @@ impl Offsets {
         Self {
             inner: Mutex::new(State::default()),
             window: window.max(1),
+            rebalancing: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// The group is rebalancing (the broker refused a commit with `REBALANCE_IN_PROGRESS`) or
+    /// has finished (`false`, at the next assignment). While it rebalances nothing stored can be
+    /// committed, and the assignment is about to be revoked: work finished now is redone by the
+    /// next owner, so the source reads nothing new until the rebalance completes.
+    pub fn set_rebalancing(&self, on: bool) {
+        self.rebalancing
+            .send_if_modified(|r| std::mem::replace(r, on) != on);
+    }
+
+    /// Whether the group is rebalancing (see [`Self::set_rebalancing`]).
+    pub fn rebalancing(&self) -> bool {
+        *self.rebalancing.borrow()
+    }
+
+    /// Resolves once the group is not rebalancing.
+    pub fn rebalanced(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let mut rx = self.rebalancing.subscribe();
+        async move {
+            let _ = rx.wait_for(|r| !*r).await;
         }
     }
 
@@ -188,6 +213,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_rebalance_is_waited_out() {
+        let o = Offsets::default();
+        assert!(!o.rebalancing());
+        o.set_rebalancing(true);
+        assert!(o.rebalancing());
+        let done = o.rebalanced();
+        tokio::pin!(done);
+        assert!(
+            futures_util::poll!(&mut done).is_pending(),
+            "still rebalancing"
+        );
+        o.set_rebalancing(false);
+        assert!(futures_util::poll!(&mut done).is_ready());
+    }
 
     #[test]
     fn a_partition_stuck_behind_one_offset_is_throttled_at_its_window() {

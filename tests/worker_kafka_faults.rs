@@ -136,7 +136,6 @@ producer_properties = {{ "message.timeout.ms" = "1500" }}
 /// polling; nothing more is read until a slot frees, and the consumer stays in its group.
 #[test]
 fn kafka_intake_pauses_at_the_in_flight_bound() {
-    use labelmill::source::kafka;
     use std::sync::Arc;
     use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -145,35 +144,13 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
     let brokers = mock.bootstrap_servers();
     mock.create_topic("in", 1, 1).unwrap();
     produce(&rt, &brokers, "in", &good_docs(50));
-    let cfg: WorkerConfig = WorkerConfig::parse(
-        &format!(
-            "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
-             group_id = \"bp\"\ninputs = [{{ topic = \"in\" }}]\nresults_topic = \"r\"\ndead_letter_topic = \"d\"\n\
-             consumer_properties = {{ \"max.poll.interval.ms\" = \"6000\", \"session.timeout.ms\" = \"6000\" }}\n"
-        ),
-        "test",
-        Vec::new(),
-    )
-    .unwrap();
-    let k = cfg.kafka.unwrap();
+    let k = source_config(&brokers, "bp", "in", SHORT_POLL);
     let slots = Arc::new(Semaphore::new(5));
     let (tx, mut rx) = mpsc::channel(100);
     let (stop_tx, stop_rx) = watch::channel(false);
     let got = rt.block_on(async {
-        let (consumer, offsets) = kafka::consumer(&k).unwrap();
-        let bounds = kafka::Bounds {
-            slots: slots.clone(),
-            resume_at: 5,
-            bytes: labelmill::source::ByteBudget::new(64 << 20),
-        };
-        let source = tokio::spawn(kafka::run(
-            k,
-            consumer.clone(),
-            offsets,
-            bounds,
-            tx,
-            stop_rx,
-        ));
+        let bytes = labelmill::source::ByteBudget::new(64 << 20);
+        let (consumer, source) = start_source(k, (slots.clone(), 5, bytes), tx, stop_rx);
         // Well past max.poll.interval.ms (6 s): a source that stopped polling would be thrown out
         // and, re-assigned, read from offset 0 again. (At 8 s a source with the pause logic
         // removed still passed: the leave had not happened yet; at 16 s it fails.)
@@ -211,6 +188,52 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
     );
 }
 
+/// Consumer settings under which a member that stops polling leaves its group within seconds.
+const SHORT_POLL: &str = r#""max.poll.interval.ms" = "6000", "session.timeout.ms" = "6000""#;
+
+/// The Kafka section of a worker config reading `topic` in `group`, with `consumer_properties`
+/// entries `consumer` (inline-table body).
+fn source_config(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    consumer: &str,
+) -> labelmill::config::KafkaConfig {
+    let text = format!(
+        "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
+         group_id = \"{group}\"\ninputs = [{{ topic = \"{topic}\" }}]\nresults_topic = \"r\"\n\
+         dead_letter_topic = \"d\"\nconsumer_properties = {{ {consumer} }}\n"
+    );
+    let cfg = WorkerConfig::parse(&text, "test", Vec::new()).unwrap();
+    cfg.kafka.unwrap()
+}
+
+/// Starts labelmill's Kafka source on `k` with (slots, resume_at, bytes) as its bounds, on the
+/// current runtime; returns its consumer and task.
+fn start_source(
+    k: labelmill::config::KafkaConfig,
+    (slots, resume_at, bytes): (
+        std::sync::Arc<tokio::sync::Semaphore>,
+        u32,
+        labelmill::source::ByteBudget,
+    ),
+    tx: tokio::sync::mpsc::Sender<labelmill::source::Delivery>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (
+    std::sync::Arc<labelmill::source::kafka::KafkaConsumer>,
+    tokio::task::JoinHandle<()>,
+) {
+    use labelmill::source::kafka;
+    let (consumer, offsets) = kafka::consumer(&k).unwrap();
+    let bounds = kafka::Bounds {
+        slots,
+        resume_at,
+        bytes,
+    };
+    let task = tokio::spawn(kafka::run(k, consumer.clone(), offsets, bounds, tx, stop));
+    (consumer, task)
+}
+
 /// The Kafka offsets of `ds`, in order.
 fn offsets_of(ds: &[labelmill::source::Delivery]) -> Vec<i64> {
     ds.iter()
@@ -225,7 +248,6 @@ fn offsets_of(ds: &[labelmill::source::Delivery]) -> Vec<i64> {
 /// and zstd (librdkafka built without one leaves such a topic silently unread).
 #[test]
 fn compressed_topics_are_read_with_every_codec() {
-    use labelmill::source::kafka;
     use std::sync::Arc;
     use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -253,27 +275,13 @@ fn compressed_topics_are_read_with_every_codec() {
                 r.unwrap();
             }
         });
-        let cfg = WorkerConfig::parse(
-            &format!(
-                "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
-                 group_id = \"codec-{codec}\"\ninputs = [{{ topic = \"{topic}\" }}]\nresults_topic = \"r\"\n\
-                 dead_letter_topic = \"d\"\n"
-            ),
-            "test",
-            Vec::new(),
-        )
-        .unwrap();
-        let k = cfg.kafka.unwrap();
+        let k = source_config(&brokers, &format!("codec-{codec}"), &topic, "");
         let (tx, mut rx) = mpsc::channel(100);
         let (stop_tx, stop_rx) = watch::channel(false);
         let got: Vec<Vec<u8>> = rt.block_on(async {
-            let (consumer, offsets) = kafka::consumer(&k).unwrap();
-            let bounds = kafka::Bounds {
-                slots: Arc::new(Semaphore::new(100)),
-                resume_at: 50,
-                bytes: labelmill::source::ByteBudget::new(64 << 20),
-            };
-            let source = tokio::spawn(kafka::run(k, consumer, offsets, bounds, tx, stop_rx));
+            let slots = Arc::new(Semaphore::new(100));
+            let bytes = labelmill::source::ByteBudget::new(64 << 20);
+            let (_, source) = start_source(k, (slots, 50, bytes), tx, stop_rx);
             let mut got = Vec::new();
             let start = Instant::now();
             while got.len() < docs.len() && start.elapsed() < Duration::from_secs(30) {
@@ -641,7 +649,7 @@ consumer_properties = {{ "session.timeout.ms" = "6000", "max.poll.interval.ms" =
 /// while it waits (it pauses and polls), and hands out the next ones as bytes are freed.
 #[test]
 fn kafka_intake_waits_for_the_byte_budget() {
-    use labelmill::source::{kafka, ByteBudget};
+    use labelmill::source::ByteBudget;
     use std::sync::Arc;
     use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -660,35 +668,13 @@ fn kafka_intake_waits_for_the_byte_budget() {
     // The mock cluster keeps about 5 MiB per partition: the twelve records fit.
     let coords = produce(&rt, &brokers, "in", &big);
     assert_eq!(coords.last(), Some(&(0, 11)));
-    let cfg = WorkerConfig::parse(
-        &format!(
-            "[model]\nmodel = \"m\"\ntokenizer = \"t\"\ntasks = \"x\"\n[kafka]\nbrokers = \"{brokers}\"\n\
-             group_id = \"bytes\"\ninputs = [{{ topic = \"in\" }}]\nresults_topic = \"r\"\ndead_letter_topic = \"d\"\n\
-             consumer_properties = {{ \"max.poll.interval.ms\" = \"6000\", \"session.timeout.ms\" = \"6000\" }}\n"
-        ),
-        "test",
-        Vec::new(),
-    )
-    .unwrap();
-    let k = cfg.kafka.unwrap();
+    let k = source_config(&brokers, "bytes", "in", SHORT_POLL);
     let budget = ByteBudget::new(1 << 20);
     let (tx, mut rx) = mpsc::channel(100);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (first, second, assigned) = rt.block_on(async {
-        let (consumer, offsets) = kafka::consumer(&k).unwrap();
-        let bounds = kafka::Bounds {
-            slots: Arc::new(Semaphore::new(100)),
-            resume_at: 1,
-            bytes: budget.clone(),
-        };
-        let source = tokio::spawn(kafka::run(
-            k,
-            consumer.clone(),
-            offsets,
-            bounds,
-            tx,
-            stop_rx,
-        ));
+        let slots = Arc::new(Semaphore::new(100));
+        let (consumer, source) = start_source(k, (slots, 1, budget.clone()), tx, stop_rx);
         // Past max.poll.interval.ms (6 s): a source that stopped polling would leave the group.
         tokio::time::sleep(Duration::from_secs(10)).await;
         let mut first = Vec::new();

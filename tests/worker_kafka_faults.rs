@@ -705,3 +705,64 @@ fn kafka_intake_waits_for_the_byte_budget() {
     assert_eq!(second, vec![3, 4], "the next two, once two were freed");
     assert_eq!(assigned, 1, "still in the group after waiting 10 s");
 }
+
+/// A partition whose oldest offset is unfinished stops at `kafka.partition_window` offsets read
+/// and not stored, however many slots are free (a crash would make the group redo them all), and
+/// goes on once that offset is done.
+#[test]
+fn a_partition_stuck_behind_one_offset_stops_at_its_window() {
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, watch, Semaphore};
+
+    let rt = runtime();
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("in", 1, 1).unwrap();
+    produce(&rt, &brokers, "in", &good_docs(30));
+    let mut k = source_config(&brokers, "window", "in", SHORT_POLL);
+    k.partition_window = 4;
+    let (tx, mut rx) = mpsc::channel(100);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (before, after) = rt.block_on(async {
+        let slots = Arc::new(Semaphore::new(100));
+        let bytes = labelmill::source::ByteBudget::new(64 << 20);
+        let (_, source) = start_source(k, (slots, 1, bytes), tx, stop_rx);
+        // Offset 0 stays unfinished; the later ones finish as they come.
+        let mut stuck = None;
+        let mut read = Vec::new();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(8) {
+            if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                read.extend(offsets_of(std::slice::from_ref(&d)));
+                if stuck.is_none() {
+                    stuck = Some(d);
+                } else {
+                    assert!(d.ack.ack().await);
+                }
+            }
+        }
+        let before = read.clone();
+        // Offset 0 finishes: the window drains and reading resumes.
+        assert!(stuck.unwrap().ack.ack().await);
+        let start = std::time::Instant::now();
+        while read.len() < 30 && start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
+                read.extend(offsets_of(std::slice::from_ref(&d)));
+                assert!(d.ack.ack().await);
+            }
+        }
+        let _ = stop_tx.send(true);
+        source.await.unwrap();
+        (before, read)
+    });
+    assert_eq!(
+        before,
+        (0..4).collect::<Vec<i64>>(),
+        "4 offsets read while offset 0 is unfinished (100 slots free)"
+    );
+    assert_eq!(
+        after,
+        (0..30).collect::<Vec<i64>>(),
+        "all read once it finished"
+    );
+}

@@ -322,7 +322,7 @@ impl Reader<'_> {
         };
         pause(self.consumer, false);
         for (topic, partition) in self.offsets.throttled() {
-            pause_one(self.consumer, &topic, partition, true);
+            hold_back(self.consumer, self.offsets, &topic, partition);
         }
         got
     }
@@ -337,7 +337,7 @@ impl Reader<'_> {
                 if self.offsets.over_window(topic, partition) {
                     tracing::warn!(topic, partition, window = self.cfg.partition_window,
                         "partition window full (an offset behind is unfinished): pausing the partition");
-                    pause_one(self.consumer, topic, partition, true);
+                    hold_back(self.consumer, self.offsets, topic, partition);
                 }
                 Some(Read { msg, epoch })
             }
@@ -422,6 +422,16 @@ pub fn pause_after(cfg: &KafkaConfig) -> Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300_000);
     Duration::from_millis(interval_ms / 3).min(Duration::from_secs(5))
+}
+
+/// Pauses a partition over its window. The window may drain (and [`OffsetAck::done`] resume the
+/// partition) between the check and this pause: then the pause would stick, so it is undone here.
+/// Either order of the two threads' calls ends resumed once the window has drained.
+fn hold_back(consumer: &KafkaConsumer, offsets: &Offsets, topic: &str, partition: i32) {
+    pause_one(consumer, topic, partition, true);
+    if !offsets.is_throttled(topic, partition) {
+        pause_one(consumer, topic, partition, false);
+    }
 }
 
 fn pause_one(consumer: &KafkaConsumer, topic: &str, partition: i32, on: bool) {

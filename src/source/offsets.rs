@@ -89,6 +89,14 @@ impl Offsets {
         }
     }
 
+    /// Whether the partition is paused for its window now.
+    pub fn is_throttled(&self, topic: &str, partition: i32) -> bool {
+        self.lock()
+            .parts
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|p| p.throttled)
+    }
+
     /// Partitions paused for their window now (to keep paused when the others resume).
     pub fn throttled(&self) -> Vec<(String, i32)> {
         let g = self.lock();

@@ -5,6 +5,7 @@
 
 pub mod amqp;
 pub mod kafka;
+mod kafka_group;
 pub mod memory;
 pub mod offsets;
 

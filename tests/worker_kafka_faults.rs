@@ -140,9 +140,7 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
     use tokio::sync::{mpsc, watch, Semaphore};
 
     let rt = runtime();
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    mock.create_topic("in", 1, 1).unwrap();
+    let (_mock, brokers) = one_partition_input();
     produce(&rt, &brokers, "in", &good_docs(50));
     let k = source_config(&brokers, "bp", "in", SHORT_POLL);
     let slots = Arc::new(Semaphore::new(5));
@@ -186,6 +184,17 @@ fn kafka_intake_pauses_at_the_in_flight_bound() {
         ((5..10).collect::<Vec<i64>>(), 1),
         "offsets 5..9 after the slots freed; still assigned after 16 s paused"
     );
+}
+
+/// A mock cluster with one topic, `in`, of one partition; and its bootstrap address.
+fn one_partition_input() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("in", 1, 1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    (mock, brokers)
 }
 
 /// Consumer settings under which a member that stops polling leaves its group within seconds.
@@ -654,9 +663,7 @@ fn kafka_intake_waits_for_the_byte_budget() {
     use tokio::sync::{mpsc, watch, Semaphore};
 
     let rt = runtime();
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    mock.create_topic("in", 1, 1).unwrap();
+    let (_mock, brokers) = one_partition_input();
     let text = "x".repeat(300_000);
     let big: Vec<(String, Vec<u8>)> = (0..12)
         .map(|i| {
@@ -715,9 +722,7 @@ fn a_partition_stuck_behind_one_offset_stops_at_its_window() {
     use tokio::sync::{mpsc, watch, Semaphore};
 
     let rt = runtime();
-    let mock = MockCluster::new(1).unwrap();
-    let brokers = mock.bootstrap_servers();
-    mock.create_topic("in", 1, 1).unwrap();
+    let (_mock, brokers) = one_partition_input();
     produce(&rt, &brokers, "in", &good_docs(30));
     let mut k = source_config(&brokers, "window", "in", SHORT_POLL);
     k.partition_window = 4;

@@ -36,13 +36,7 @@ impl MemorySink {
     /// Publishes `msg` once the broker answers (never, while it hangs).
     pub async fn publish(&self, msg: Outgoing<'_>) -> Result<bool, SinkError> {
         let destination = destination(msg.kind);
-        loop {
-            let mut changed = self.broker.watch();
-            if !self.broker.state().faults.hang {
-                break;
-            }
-            let _ = changed.changed().await;
-        }
+        self.broker.until(|s| !s.faults.hang).await;
         let size = wire_size(&msg);
         self.broker.update(|s| {
             let refused = |reason: &str| SinkError::Refused {

@@ -55,6 +55,7 @@ pub async fn run(
         resume_at,
         bytes,
     } = bounds;
+    let patience = pause_after(&cfg);
     loop {
         if *stop.borrow() {
             break;
@@ -62,7 +63,7 @@ pub async fn run(
         if offsets.rebalancing() && held.is_empty() {
             // Polled on (the rebalance completes inside the poll), partitions paused. A rebalance
             // that never reports its end is given up on after twice `pause_after`.
-            let limit = pause_after(&cfg) * 2;
+            let limit = patience * 2;
             let done = tokio::time::timeout(limit, offsets.rebalanced());
             let never = std::future::pending();
             let waited = src.wait_polling(&mut held, &mut stop, Duration::ZERO, never, done);
@@ -80,7 +81,6 @@ pub async fn run(
                     // Keep one slot for the next message; the rest go back.
                     p.map(|mut p| p.split(1).expect("at least one permit"))
                 };
-                let patience = pause_after(&cfg);
                 match src
                     .wait_polling(&mut held, &mut stop, patience, one, enough)
                     .await
@@ -106,7 +106,6 @@ pub async fn run(
             Some(b) => b,
             None => {
                 let (first, then) = (bytes.take(size), bytes.take(size));
-                let patience = pause_after(&cfg);
                 let wait = src.wait_polling(&mut held, &mut stop, patience, first, then);
                 match wait.await {
                     Some(b) => b,

@@ -53,13 +53,12 @@ impl ConsumerContext for RebalanceContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::RebalanceInProgress) {
-                if !self.offsets.rebalancing() {
-                    tracing::info!("the group is rebalancing (commits refused): no new reads until it completes");
-                }
-                self.offsets.set_rebalancing(true);
-            }
+        let refused = result.err().and_then(|e| e.rdkafka_error_code())
+            == Some(RDKafkaErrorCode::RebalanceInProgress);
+        if refused && self.offsets.set_rebalancing(true) {
+            tracing::info!(
+                "the group is rebalancing (commits refused): no new reads until it completes"
+            );
         }
     }
 }
@@ -155,28 +154,25 @@ pub(super) fn hold_back(consumer: &KafkaConsumer, offsets: &Offsets, topic: &str
 }
 
 fn pause_one(consumer: &KafkaConsumer, topic: &str, partition: i32, on: bool) {
-    let mut tpl = rdkafka::TopicPartitionList::new();
+    let mut tpl = TopicPartitionList::new();
     tpl.add_partition(topic, partition);
-    let r = if on {
-        consumer.pause(&tpl)
-    } else {
-        consumer.resume(&tpl)
-    };
-    if let Err(e) = r {
-        tracing::warn!(topic, partition, error = %e, paused = on, "pausing/resuming a partition failed");
+    set_paused(consumer, &tpl, on);
+}
+
+/// Pauses (or resumes) every partition assigned now.
+pub(super) fn pause(consumer: &KafkaConsumer, on: bool) {
+    if let Ok(assignment) = consumer.assignment() {
+        set_paused(consumer, &assignment, on);
     }
 }
 
-pub(super) fn pause(consumer: &KafkaConsumer, on: bool) {
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
+fn set_paused(consumer: &KafkaConsumer, tpl: &TopicPartitionList, on: bool) {
     let r = if on {
-        consumer.pause(&assignment)
+        consumer.pause(tpl)
     } else {
-        consumer.resume(&assignment)
+        consumer.resume(tpl)
     };
     if let Err(e) = r {
-        tracing::warn!(error = %e, paused = on, "pausing/resuming partitions failed");
+        tracing::warn!(partitions = tpl.count(), error = %e, paused = on, "pausing/resuming partitions failed");
     }
 }

@@ -107,18 +107,24 @@ impl ByteBudget {
     /// Waits until `len` bytes are free and holds them (a message larger than the whole budget
     /// takes all of it, so it waits for the others but cannot wait forever).
     pub async fn take(&self, len: usize) -> OwnedSemaphorePermit {
-        let n = u32::try_from(len.clamp(1, self.max)).expect("max fits u32");
         self.sem
             .clone()
-            .acquire_many_owned(n)
+            .acquire_many_owned(self.permits(len))
             .await
             .expect("the semaphore is never closed")
     }
 
     /// Holds `len` bytes if they are free now.
     pub fn try_take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
-        let n = u32::try_from(len.clamp(1, self.max)).expect("max fits u32");
-        self.sem.clone().try_acquire_many_owned(n).ok()
+        self.sem
+            .clone()
+            .try_acquire_many_owned(self.permits(len))
+            .ok()
+    }
+
+    /// The permits `len` bytes take: at least one, at most the whole budget.
+    fn permits(&self, len: usize) -> u32 {
+        u32::try_from(len.clamp(1, self.max)).expect("max fits u32")
     }
 
     /// Bytes held now.

@@ -55,9 +55,10 @@ impl Offsets {
     /// has finished (`false`, at the next assignment). While it rebalances nothing stored can be
     /// committed, and the assignment is about to be revoked: work finished now is redone by the
     /// next owner, so the source reads nothing new until the rebalance completes.
-    pub fn set_rebalancing(&self, on: bool) {
+    /// Returns whether that changed the state.
+    pub fn set_rebalancing(&self, on: bool) -> bool {
         self.rebalancing
-            .send_if_modified(|r| std::mem::replace(r, on) != on);
+            .send_if_modified(|r| std::mem::replace(r, on) != on)
     }
 
     /// Whether the group is rebalancing (see [`Self::set_rebalancing`]).

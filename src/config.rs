@@ -344,6 +344,11 @@ pub struct AmqpConfig {
     /// Wait between reconnection attempts.
     #[serde(default = "default_reconnect", with = "humantime_serde")]
     pub reconnect_delay: Duration,
+    /// Longest wait for a publisher confirm: a blocked broker (memory or disk alarm) or a stalled
+    /// connection never confirms. On time-out the channel is closed (a late confirm must not land
+    /// on a channel that publishes again) and the publish is retried on a fresh one.
+    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    pub confirm_timeout: Duration,
     /// Declare the topology on connect: the input queues, the exchange, and one durable queue per
     /// output routing key bound to it (for a quick start; in production the operator owns it).
     #[serde(default)]
@@ -371,6 +376,10 @@ pub struct AmqpTls {
     /// The client certificate's private key, PKCS#8 PEM (with `cert_file`).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_amqp_max_message() -> usize {

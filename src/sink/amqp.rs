@@ -12,9 +12,6 @@ use tokio::sync::Mutex;
 use super::{Outgoing, OutputKind, SinkError};
 use crate::config::AmqpConfig;
 
-/// Longest wait for a publisher confirm.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Opens confirm-mode channels, reconnecting when the publishing connection is gone.
 pub struct ChannelManager {
     cfg: AmqpConfig,
@@ -56,6 +53,7 @@ pub struct AmqpSink {
     escalate: Option<String>,
     dead_letter: String,
     max_message: usize,
+    confirm_timeout: Duration,
 }
 
 impl AmqpSink {
@@ -79,6 +77,7 @@ impl AmqpSink {
             escalate: cfg.escalate_routing_key.clone(),
             dead_letter: cfg.dead_letter_routing_key.clone(),
             max_message: cfg.max_message_bytes,
+            confirm_timeout: cfg.confirm_timeout,
         }
     }
 
@@ -142,7 +141,7 @@ impl AmqpSink {
         };
         // A blocked broker (memory or disk alarm) never confirms: time out and retry on a fresh
         // channel rather than hold the document's slot forever.
-        let confirm = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+        let confirm = match tokio::time::timeout(self.confirm_timeout, publish).await {
             Ok(r) => r.map_err(amqp)?,
             Err(_) => {
                 // Close it: a late confirm must not land on a channel that publishes again.

@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod manifests;
+pub mod proxy;
 pub mod rabbit;
 pub mod real;
 pub mod reference;

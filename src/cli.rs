@@ -183,6 +183,10 @@ pub struct EvalArgs {
     /// Fit each task's temperature on this data (minimum NLL) and write it into the task file.
     #[arg(long)]
     fit_temperature: bool,
+    /// Fit per-label biases on this data (minimum NLL at the task's temperature, on top of its
+    /// calibration) and write them into the task file as `bias = { label = b, ... }`.
+    #[arg(long)]
+    fit_bias: bool,
     /// Most documents per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -556,6 +560,7 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         compare_docs_per_s: other.as_ref().map(|o| o.2),
         tasks: Default::default(),
     };
+    let mut corrections = eval::corrections::corrections(&engine, &tasks, &records, &scored)?;
     for t in &tasks {
         let Some(ex) = mine.get(&t.name) else {
             continue;
@@ -563,10 +568,9 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         let theirs = other
             .as_ref()
             .and_then(|(n, o, _)| o.get(&t.name).map(|e| (n.as_str(), e.as_slice())));
-        rep.tasks.insert(
-            t.name.clone(),
-            report::task_report(&t.labels, &name(&a.model.model), ex, theirs),
-        );
+        let mut tr = report::task_report(&t.labels, &name(&a.model.model), ex, theirs);
+        tr.corrections = corrections.remove(&t.name);
+        rep.tasks.insert(t.name.clone(), tr);
     }
     if a.json {
         println!("{}", serde_json::to_string(&rep)?);
@@ -591,6 +595,26 @@ fn eval(a: EvalArgs) -> Result<ExitCode> {
         }
         calibrate::write_temperatures(&a.tasks, &fitted)?;
         eprintln!("temperatures written to {}", a.tasks.display());
+    }
+    if a.fit_bias {
+        let fitted: Vec<(String, Vec<(String, f32)>)> = tasks
+            .iter()
+            .filter_map(|t| {
+                let c = rep.tasks.get(&t.name)?.corrections.as_ref()?;
+                let named = t
+                    .labels
+                    .iter()
+                    .cloned()
+                    .zip(c.fitted_bias.clone())
+                    .collect();
+                Some((t.name.clone(), named))
+            })
+            .collect();
+        for (task, b) in &fitted {
+            eprintln!("task {task}: bias {b:?}");
+        }
+        calibrate::write_biases(&a.tasks, &fitted)?;
+        eprintln!("biases written to {}", a.tasks.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@
 pub mod attention;
 pub(crate) mod attention_cpu;
 pub mod attention_input;
+mod content_free;
 pub mod equivalence;
 pub mod isa;
 pub mod kv;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
-use crate::task::{TaskError, TaskSpec};
+use crate::task::{Calibration, TaskError, TaskSpec};
 use kv::KvCache;
 use llama::{Llama, Step};
 use load::{GgufFile, Hparams, LoadError};
@@ -142,9 +143,20 @@ impl Engine {
         self.prefix_cache.stats()
     }
 
-    /// Tokenises a task for this model.
+    /// Tokenises a task for this model; with `calibration = "content-free"` also measures its
+    /// content-free label distribution (on the task's prefix, which is cached by it).
     pub fn prepare(&self, spec: &TaskSpec) -> Result<PreparedTask, TaskError> {
-        PreparedTask::new(spec, &self.tokenizer, self.model.hparams().context_length)
+        let mut task =
+            PreparedTask::new(spec, &self.tokenizer, self.model.hparams().context_length)?;
+        if task.calibration == Calibration::ContentFree {
+            let dist = self.content_free(&task).map_err(|e| TaskError::Invalid {
+                task: spec.name.clone(),
+                reason: format!("content-free calibration: {e}"),
+            })?;
+            tracing::info!(task = %spec.name, content_free = ?dist, "content-free label distribution");
+            task.set_content_free(dist);
+        }
+        Ok(task)
     }
 
     /// Runs (or fetches) the KV cache of `task`'s prefix.
@@ -235,7 +247,7 @@ impl Engine {
             .map(|r| {
                 let step =
                     |node: usize, j: usize| steps.as_ref().expect("trie pass ran")[r * n + node][j];
-                trie.score(&first[r], step, task.temperature)
+                trie.score(&first[r], step, &task.label_offsets, task.temperature)
             })
             .collect())
     }

@@ -1,6 +1,6 @@
 //! A task tokenised for one model: prefix and suffix ids, label token sequences, truncation.
 
-use crate::task::{TaskError, TaskSpec, Truncation};
+use crate::task::{Calibration, TaskError, TaskSpec, Truncation};
 
 use super::scoring::LabelTrie;
 use super::tokenizer::{TextTokenizer, TokenizeError};
@@ -34,6 +34,15 @@ pub struct PreparedTask {
     pub truncation: Truncation,
     /// Softmax temperature over the labels.
     pub temperature: f32,
+    /// The task's label-bias correction ([`crate::engine::Engine::prepare`] measures it).
+    pub calibration: Calibration,
+    /// The mean label distribution of the content-free documents, once measured.
+    pub content_free: Option<Vec<f32>>,
+    /// The task's per-label biases, in label order.
+    pub bias: Vec<f32>,
+    /// Added to each label's log-probability before the temperature: the bias minus the log of
+    /// the content-free distribution (when measured).
+    pub label_offsets: Vec<f32>,
 }
 
 /// Why a document cannot be classified under a task. Each has a stable `code()`.
@@ -160,6 +169,11 @@ impl PreparedTask {
             label_ids.push(ids);
         }
         let trie = LabelTrie::new(&label_ids);
+        let bias: Vec<f32> = spec
+            .labels
+            .iter()
+            .map(|l| spec.bias.get(l.name()).copied().unwrap_or(0.0))
+            .collect();
         let needed = prefix_ids.len() + spec.max_doc_tokens + suffix_ids.len() + trie.max_depth();
         if needed > context_length {
             return Err(invalid(format!(
@@ -184,7 +198,23 @@ impl PreparedTask {
             max_doc_tokens: spec.max_doc_tokens,
             truncation: spec.truncation,
             temperature: spec.temperature,
+            calibration: spec.calibration,
+            content_free: None,
+            label_offsets: bias.clone(),
+            bias,
         })
+    }
+
+    /// Records the content-free label distribution `dist` (probabilities, label order): from now
+    /// on each document's label probabilities are divided by it before normalising.
+    pub fn set_content_free(&mut self, dist: Vec<f32>) {
+        self.label_offsets = self
+            .bias
+            .iter()
+            .zip(&dist)
+            .map(|(b, p)| b - p.max(1e-30).ln())
+            .collect();
+        self.content_free = Some(dist);
     }
 
     /// A task given directly as token ids (synthetic workloads: `bench`, criterion).
@@ -194,6 +224,7 @@ impl PreparedTask {
         suffix_ids: Vec<u32>,
         labels: Vec<(String, Vec<u32>)>,
     ) -> Self {
+        let n = labels.len();
         let (labels, label_ids): (Vec<String>, Vec<Vec<u32>>) = labels.into_iter().unzip();
         Self {
             name: name.to_string(),
@@ -208,6 +239,10 @@ impl PreparedTask {
             max_doc_tokens: usize::MAX,
             truncation: Truncation::Head,
             temperature: 1.0,
+            calibration: Calibration::None,
+            content_free: None,
+            bias: vec![0.0; n],
+            label_offsets: vec![0.0; n],
         }
     }
 

@@ -42,7 +42,8 @@ pub struct LabelTrie {
 pub struct LabelScores {
     /// Sum of the label's token log-probabilities under the model (temperature not applied).
     pub log_probs: Vec<f32>,
-    /// Probabilities normalised over the label set, after the task's temperature.
+    /// Probabilities normalised over the label set, after the task's label offsets (bias,
+    /// calibration) and temperature.
     pub probs: Vec<f32>,
     /// Probability the model gave to the labels' distinct first tokens, out of its whole vocabulary.
     pub label_mass: f32,
@@ -148,11 +149,13 @@ impl LabelTrie {
     /// Combines one document's log-probabilities into label scores.
     ///
     /// `first[k]` is log p(`first_tokens[k]` | document); `step(node, j)` is
-    /// log p(`step_tokens[j]` | document, path to `node`).
+    /// log p(`step_tokens[j]` | document, path to `node`). The probabilities are
+    /// `softmax((log_probs + offsets) / temperature)`.
     pub fn score(
         &self,
         first: &[f32],
         step: impl Fn(usize, usize) -> f32,
+        offsets: &[f32],
         temperature: f32,
     ) -> LabelScores {
         let first_at = |tok: u32| {
@@ -175,7 +178,7 @@ impl LabelTrie {
                 })
             })
             .collect();
-        let probs = softmax(&log_probs, temperature);
+        let probs = adjusted(&log_probs, offsets, temperature);
         let label_mass = first.iter().map(|lp| lp.exp()).sum::<f32>().min(1.0);
         LabelScores {
             log_probs,
@@ -183,6 +186,14 @@ impl LabelTrie {
             label_mass,
         }
     }
+}
+
+/// `softmax((log_probs + offsets) / temperature)`: the label probabilities after a task's biases
+/// and calibration (`offsets`, label order) and temperature.
+pub fn adjusted(log_probs: &[f32], offsets: &[f32], temperature: f32) -> Vec<f32> {
+    assert_eq!(log_probs.len(), offsets.len(), "one offset per label");
+    let z: Vec<f32> = log_probs.iter().zip(offsets).map(|(l, o)| l + o).collect();
+    softmax(&z, temperature)
 }
 
 /// `softmax(x / temperature)`, computed stably.
@@ -241,6 +252,7 @@ mod tests {
                 assert_eq!((node, j), (0, 0));
                 (0.4f32).ln()
             },
+            &[0.0; 3],
             1.0,
         );
         let want = [0.5f32, 0.5 * 0.4, 0.2];
@@ -253,6 +265,22 @@ mod tests {
         }
         assert!((s.label_mass - 0.7).abs() < 1e-6);
         assert_eq!(s.best(), 0);
+    }
+
+    #[test]
+    fn offsets_divide_out_a_label_bias() {
+        // Content-free calibration: a model that says label 0 with p = 0.8 on content-free
+        // input has offsets -ln(0.8), -ln(0.2); a document it scores exactly so becomes uniform.
+        let cf = [0.8f32, 0.2];
+        let offsets: Vec<f32> = cf.iter().map(|p| -p.ln()).collect();
+        let p = adjusted(&[0.8f32.ln(), 0.2f32.ln()], &offsets, 1.0);
+        assert!(
+            (p[0] - 0.5).abs() < 1e-6 && (p[1] - 0.5).abs() < 1e-6,
+            "{p:?}"
+        );
+        let q = adjusted(&[0.9f32.ln(), 0.1f32.ln()], &offsets, 1.0);
+        // 0.9/0.8 : 0.1/0.2 = 1.125 : 0.5
+        assert!((q[0] - 1.125 / 1.625).abs() < 1e-6, "{q:?}");
     }
 
     #[test]

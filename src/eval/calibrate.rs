@@ -73,6 +73,34 @@ pub enum WriteError {
 /// Sets `temperature = T` in each named `[[task]]` of the TOML file at `path`, keeping its
 /// comments and layout.
 pub fn write_temperatures(path: &Path, fitted: &[(String, f64)]) -> Result<(), WriteError> {
+    edit_tasks(path, fitted, |table, t| {
+        // Four significant digits are plenty for a temperature.
+        let rounded = format!("{t:.4}").parse::<f64>().unwrap_or(*t);
+        table["temperature"] = toml_edit::value(rounded);
+    })
+}
+
+/// Sets `bias = { label = b, ... }` in each named `[[task]]` of the TOML file at `path`.
+pub fn write_biases(
+    path: &Path,
+    fitted: &[(String, Vec<(String, f32)>)],
+) -> Result<(), WriteError> {
+    edit_tasks(path, fitted, |table, biases| {
+        let mut inline = toml_edit::InlineTable::new();
+        for (label, b) in biases {
+            let rounded = format!("{b:.4}").parse::<f64>().unwrap_or(f64::from(*b));
+            inline.insert(label, rounded.into());
+        }
+        table["bias"] = toml_edit::value(inline);
+    })
+}
+
+/// Applies `set` to the `[[task]]` table of each named task, keeping comments and layout.
+fn edit_tasks<T>(
+    path: &Path,
+    fitted: &[(String, T)],
+    set: impl Fn(&mut toml_edit::Table, &T),
+) -> Result<(), WriteError> {
     let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| WriteError::Io {
         path: p.clone(),
@@ -91,7 +119,7 @@ pub fn write_temperatures(path: &Path, fitted: &[(String, f64)]) -> Result<(), W
             path: p.clone(),
             message: "no [[task]] tables".into(),
         })?;
-    for (name, t) in fitted {
+    for (name, value) in fitted {
         let table = tasks
             .iter_mut()
             .find(|tab| tab.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
@@ -99,9 +127,7 @@ pub fn write_temperatures(path: &Path, fitted: &[(String, f64)]) -> Result<(), W
                 path: p.clone(),
                 message: format!("no task named '{name}'"),
             })?;
-        // Four significant digits are plenty for a temperature.
-        let rounded = format!("{t:.4}").parse::<f64>().unwrap_or(*t);
-        table["temperature"] = toml_edit::value(rounded);
+        set(table, value);
     }
     std::fs::write(path, doc.to_string()).map_err(|source| WriteError::Io { path: p, source })
 }
@@ -143,5 +169,15 @@ mod tests {
         assert_eq!(tasks.task[1].temperature, 2.0);
         let e = write_temperatures(&path, &[("nope".into(), 1.0)]);
         assert!(e.unwrap_err().to_string().contains("nope"));
+        write_biases(
+            &path,
+            &[("b".into(), vec![("x".into(), 0.25), ("y".into(), -0.25)])],
+        )
+        .unwrap();
+        let tasks = crate::task::TaskFile::load(&path).unwrap();
+        assert_eq!(tasks.task[1].bias["x"], 0.25);
+        assert_eq!(tasks.task[1].bias["y"], -0.25);
+        assert!(tasks.task[0].bias.is_empty());
+        assert!(std::fs::read_to_string(&path).unwrap().contains("# first"));
     }
 }

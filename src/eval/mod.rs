@@ -1,9 +1,13 @@
 //! `labelmill eval`: scores a labelled JSONL file (`id`, `text`, `task?`, `label`) and reports
 //! accuracy, macro-F1, the confusion matrix, expected calibration error, mean label mass and
 //! docs/s per task; optionally a second model side by side (agreement, accuracy difference), a
-//! reliability diagram, and a fitted per-task temperature written into the task file.
+//! reliability diagram, a fitted per-task temperature written into the task file, and the label-bias
+//! corrections (none, content-free calibration, fitted per-label biases) side by side, with
+//! `--fit-bias` writing the fitted biases into the task file.
 
+pub mod bias;
 pub mod calibrate;
+pub mod corrections;
 pub mod metrics;
 pub mod plot;
 pub mod report;

@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::corrections::TaskCorrections;
 use super::metrics::{quality, Example, Quality};
 
 /// One model's figures on one task.
@@ -40,6 +41,9 @@ pub struct TaskReport {
     /// With `--compare`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compare: Option<Comparison>,
+    /// The model's scores under each label-bias correction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrections: Option<TaskCorrections>,
 }
 
 /// The whole report.
@@ -87,6 +91,7 @@ pub fn task_report(
         labels: labels.to_vec(),
         main,
         compare,
+        corrections: None,
     }
 }
 
@@ -122,6 +127,9 @@ impl EvalReport {
                 let _ = writeln!(s, "  {:<18} {:>22.4}", "agreement", c.agreement);
                 let _ = writeln!(s, "  {:<18} {:>+22.4}", "accuracy diff", c.accuracy_diff);
             }
+            if let Some(c) = &t.corrections {
+                corrections_table(&mut s, &t.labels, c);
+            }
             for c in &cols {
                 let _ = writeln!(
                     s,
@@ -150,6 +158,38 @@ impl EvalReport {
         s.push('\n');
         s
     }
+}
+
+/// The label-bias corrections of one task, a column each.
+fn corrections_table(s: &mut String, labels: &[String], c: &TaskCorrections) {
+    let _ = write!(s, "  label-bias correction");
+    for v in &c.corrections {
+        let _ = write!(s, " {:>22}", v.name);
+    }
+    let _ = writeln!(s);
+    let rows: [(&str, Figure); 3] = [
+        ("accuracy", |q| q.accuracy),
+        ("macro-F1", |q| q.macro_f1),
+        ("ECE", |q| q.ece),
+    ];
+    for (label, f) in rows {
+        let _ = write!(s, "  {label:<21}");
+        for v in &c.corrections {
+            let _ = write!(s, " {:>22.4}", f(&v.quality));
+        }
+        let _ = writeln!(s);
+    }
+    let _ = write!(s, "  {:<21}", "top-label share");
+    for v in &c.corrections {
+        let _ = write!(s, " {:>22.4}", v.top_label_share);
+    }
+    let _ = writeln!(s);
+    let dist: Vec<String> = labels
+        .iter()
+        .zip(&c.content_free)
+        .map(|(l, p)| format!("{l} {p:.3}"))
+        .collect();
+    let _ = writeln!(s, "  content-free distribution: {}", dist.join(", "));
 }
 
 /// Reads one figure of a [`Quality`].

@@ -4,7 +4,7 @@
 pub mod chat;
 mod presets;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,38 @@ pub struct TaskSpec {
     /// Softmax temperature applied to label log-probabilities (1 = the model's own).
     #[serde(default = "default_temperature")]
     pub temperature: f32,
+    /// Label-bias correction measured when the task is prepared (`content-free`: Zhao et al.
+    /// 2021, "Calibrate Before Use").
+    #[serde(default, skip_serializing_if = "Calibration::is_none")]
+    pub calibration: Calibration,
+    /// Per-label biases added to the label log-probabilities (before the temperature), by label
+    /// name; `labelmill eval --fit-bias` fits and writes them. A label not named gets 0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bias: BTreeMap<String, f32>,
 }
+
+/// A label-bias correction computed from the model itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum Calibration {
+    /// None: the model's label probabilities as they are.
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// Divide each document's label probabilities by the mean label distribution of the
+    /// content-free documents [`CONTENT_FREE`], then renormalise.
+    #[serde(rename = "content-free")]
+    ContentFree,
+}
+
+impl Calibration {
+    fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+/// The content-free documents of [`Calibration::ContentFree`] (Zhao et al. use "N/A", "" and
+/// "[MASK]"). They are tokenised as plain text, like any document.
+pub const CONTENT_FREE: [&str; 3] = ["N/A", "", "[MASK]"];
 
 /// A prompt format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -255,6 +286,14 @@ impl TaskSpec {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(self.invalid("temperature must be a positive number"));
         }
+        for (label, b) in &self.bias {
+            if !names.contains(label.as_str()) {
+                return Err(self.invalid(format!("bias names '{label}', not one of the labels")));
+            }
+            if !b.is_finite() {
+                return Err(self.invalid(format!("bias of '{label}' must be a finite number")));
+            }
+        }
         // The model's template is known only once a model is loaded: it is rendered then.
         let stand_in = chat::ChatFormat {
             template: Some(presets::CHECK_TEMPLATE.into()),
@@ -386,6 +425,18 @@ mod tests {
             (
                 "name='t'\nlabels=['a','b']\ntemplate='{{text}}'\nmax_doc_tokens=0",
                 "max_doc_tokens",
+            ),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='{{text}}'\nbias={c=1.0}",
+                "bias names 'c'",
+            ),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='{{text}}'\nbias={a=nan}",
+                "finite",
+            ),
+            (
+                "name='t'\nlabels=['a','b']\ntemplate='{{text}}'\ncalibration='contextual'",
+                "content-free",
             ),
             (
                 "name='t'\nlabels=['a','b']\npreset='plain'\nexamples=[{text='x',label='c'}]",

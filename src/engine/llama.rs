@@ -9,6 +9,7 @@ use candle_transformers::quantized_nn::RmsNorm;
 use super::attention::{attend, AttentionInput};
 use super::kv::{KvCache, LayerKv};
 use super::load::{GgufFile, Hparams, LoadError};
+use super::lora::ActiveLora;
 use super::matmul::{Linear, WeightFormat};
 
 struct Block {
@@ -45,6 +46,8 @@ pub struct Step<'a> {
     pub masks: &'a [Tensor],
     /// Return this step's keys and values (for a later pass that continues these rows).
     pub keep_kv: bool,
+    /// A LoRA adapter added to the projections it targets.
+    pub lora: Option<&'a ActiveLora>,
 }
 
 /// What a step produces.
@@ -173,9 +176,13 @@ impl Llama {
                     .unsqueeze(0)?
                     .contiguous()
             };
+            let lora = step.lora;
             let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&blk.wq, &blk.wk, &blk.wv], &h)?
                 .try_into()
                 .expect("three products");
+            let q = ActiveLora::add(lora, i, 0, &h, q)?;
+            let k = ActiveLora::add(lora, i, 1, &h, k)?;
+            let v = ActiveLora::add(lora, i, 2, &h, v)?;
             let q = candle_nn::rotary_emb::rope_i(&heads(q, n_heads)?, &cos, &sin)?;
             let k = candle_nn::rotary_emb::rope_i(&heads(k, n_kv)?, &cos, &sin)?;
             let v = heads(v, n_kv)?;
@@ -212,10 +219,16 @@ impl Llama {
             let o = Tensor::cat(&outs, 1)?
                 .transpose(0, 1)?
                 .reshape((n, self.hp.dim))?;
-            x = (x + blk.wo.forward(&o)?)?;
+            x = (x + ActiveLora::add(lora, i, 3, &o, blk.wo.forward(&o)?)?)?;
             let h = blk.ffn_norm.forward(&x)?;
-            let gated = Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h)?;
-            x = (x + blk.w_down.forward(&gated)?)?;
+            let gated = if ActiveLora::targets(lora, i, 4) || ActiveLora::targets(lora, i, 5) {
+                let gate = ActiveLora::add(lora, i, 4, &h, blk.w_gate.forward(&h)?)?;
+                let up = ActiveLora::add(lora, i, 5, &h, blk.w_up.forward(&h)?)?;
+                (candle_nn::ops::silu(&gate)? * up)?
+            } else {
+                Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h)?
+            };
+            x = (x + ActiveLora::add(lora, i, 6, &gated, blk.w_down.forward(&gated)?)?)?;
             if step.keep_kv {
                 kept.push(LayerKv { k, v });
             }

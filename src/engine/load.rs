@@ -342,18 +342,23 @@ impl GgufFile {
 
 /// Rejects files whose tensor table points past the end of the file (a truncated download).
 fn check_tensor_extents(path: &Path, content: &Content, file_len: u64) -> Result<(), LoadError> {
+    check_extents(content, file_len).map_err(|reason| LoadError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Why a tensor of `content` would read past `file_len` bytes, if one does.
+pub(crate) fn check_extents(content: &Content, file_len: u64) -> Result<(), String> {
     for (name, info) in &content.tensor_infos {
         let end = content
             .tensor_data_offset
             .saturating_add(info.offset)
             .saturating_add(tensor_bytes(info));
         if end > file_len {
-            return Err(LoadError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "tensor '{name}' ends at byte {end} but the file has {file_len} bytes (truncated download?)"
-                ),
-            });
+            return Err(format!(
+                "tensor '{name}' ends at byte {end} but the file has {file_len} bytes (truncated download?)"
+            ));
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ pub mod isa;
 pub mod kv;
 pub mod llama;
 pub mod load;
+pub mod lora;
 pub mod mask;
 pub mod matmul;
 pub mod prefix_cache;
@@ -38,6 +39,7 @@ use crate::task::{Calibration, TaskError, TaskSpec};
 use kv::KvCache;
 use llama::{Llama, Step};
 use load::{GgufFile, Hparams, LoadError};
+use lora::{ActiveLora, AdapterSet};
 pub use matmul::WeightFormat;
 use prefix_cache::{prefix_key, PrefixCache, PrefixCacheStats};
 use prepared::PreparedTask;
@@ -58,6 +60,7 @@ pub struct Engine {
     model_name: String,
     quant: candle_core::quantized::GgmlDType,
     weights: WeightFormat,
+    adapters: AdapterSet,
 }
 
 /// Facts about the loaded model, for results and `bench`.
@@ -113,6 +116,7 @@ impl Engine {
             model_name,
             quant: file.quant,
             weights,
+            adapters: AdapterSet::default(),
         })
     }
 
@@ -148,6 +152,19 @@ impl Engine {
     pub fn prepare(&self, spec: &TaskSpec) -> Result<PreparedTask, TaskError> {
         let mut task =
             PreparedTask::new(spec, &self.tokenizer, self.model.hparams().context_length)?;
+        if let Some(path) = &spec.adapter {
+            let adapter = self
+                .adapters
+                .get(path, self.model.hparams(), self.model.device())
+                .map_err(|e| TaskError::Adapter {
+                    task: spec.name.clone(),
+                    source: Box::new(e),
+                })?;
+            task.adapter = Some(ActiveLora {
+                adapter,
+                scale: spec.adapter_scale,
+            });
+        }
         if task.calibration == Calibration::ContentFree {
             let dist = self.content_free(&task).map_err(|e| TaskError::Invalid {
                 task: spec.name.clone(),
@@ -161,9 +178,26 @@ impl Engine {
 
     /// Runs (or fetches) the KV cache of `task`'s prefix.
     pub fn prefix_kv(&self, task: &PreparedTask) -> Result<Arc<KvCache>, EngineError> {
-        let key = prefix_key(&self.model_id, &task.prefix_ids);
+        // The adapter changes every layer's keys and values: a prefix computed under one adapter
+        // (or none, or another scale) is never served to another.
+        let model = match &task.adapter {
+            Some(l) => format!(
+                "{}+lora:{}@{:08x}",
+                self.model_id,
+                l.adapter.id,
+                l.scale.to_bits()
+            ),
+            None => self.model_id.clone(),
+        };
+        let key = prefix_key(&model, &task.prefix_ids);
         self.prefix_cache.get_or_compute(key, || {
-            let pass = self.run_rows(None, 0, std::slice::from_ref(&task.prefix_ids), true)?;
+            let pass = self.run_rows(
+                None,
+                0,
+                std::slice::from_ref(&task.prefix_ids),
+                true,
+                task.adapter.as_ref(),
+            )?;
             Ok(pass.kv.expect("keep_kv was requested"))
         })
     }
@@ -200,7 +234,13 @@ impl Engine {
         docs: &[&[u32]],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         let (prefix, rows) = self.cached_rows(task, docs)?;
-        let pass = self.run_rows(Some(&prefix), task.prefix_ids.len(), &rows, false)?;
+        let pass = self.run_rows(
+            Some(&prefix),
+            task.prefix_ids.len(),
+            &rows,
+            false,
+            task.adapter.as_ref(),
+        )?;
         Ok(self
             .model
             .logits_at(&pass.hidden, &pass.last_indices())?
@@ -229,7 +269,13 @@ impl Engine {
     ) -> Result<Vec<LabelScores>, EngineError> {
         let dev = self.model.device();
         let trie = &task.trie;
-        let pass = self.run_rows(shared, start, rows, trie.has_continuations())?;
+        let pass = self.run_rows(
+            shared,
+            start,
+            rows,
+            trie.has_continuations(),
+            task.adapter.as_ref(),
+        )?;
         let first_cols = Tensor::from_slice(&trie.first_tokens, trie.first_tokens.len(), dev)?;
         let first = self
             .model
@@ -259,6 +305,7 @@ impl Engine {
         start: usize,
         rows: &[Vec<u32>],
         keep_kv: bool,
+        lora: Option<&ActiveLora>,
     ) -> Result<Pass, EngineError> {
         if rows.iter().any(Vec::is_empty) {
             return Err(EngineError(candle_core::Error::msg(
@@ -284,6 +331,7 @@ impl Engine {
             context: None,
             masks: &masks,
             keep_kv,
+            lora,
         })?;
         Ok(Pass {
             hidden: out.hidden,
@@ -330,6 +378,7 @@ impl Engine {
             context: Some((ctx, ctx_spans)),
             masks: &masks,
             keep_kv: false,
+            lora: task.adapter.as_ref(),
         })?;
         let all: Vec<u32> = (0..(rows.len() * n) as u32).collect();
         let cols = Tensor::from_slice(&trie.step_tokens, trie.step_tokens.len(), dev)?;

@@ -43,6 +43,8 @@ pub struct PreparedTask {
     /// Added to each label's log-probability before the temperature: the bias minus the log of
     /// the content-free distribution (when measured).
     pub label_offsets: Vec<f32>,
+    /// The task's LoRA adapter and scale ([`crate::engine::Engine::prepare`] loads it).
+    pub adapter: Option<super::lora::ActiveLora>,
 }
 
 /// Why a document cannot be classified under a task. Each has a stable `code()`.
@@ -202,6 +204,7 @@ impl PreparedTask {
             content_free: None,
             label_offsets: bias.clone(),
             bias,
+            adapter: None,
         })
     }
 
@@ -243,6 +246,7 @@ impl PreparedTask {
             content_free: None,
             bias: vec![0.0; n],
             label_offsets: vec![0.0; n],
+            adapter: None,
         }
     }
 

@@ -65,6 +65,13 @@ pub struct TaskSpec {
     /// name; `labelmill eval --fit-bias` fits and writes them. A label not named gets 0.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub bias: BTreeMap<String, f32>,
+    /// A LoRA adapter (llama.cpp's GGUF format) applied to the model for this task only; a
+    /// relative path is relative to the task file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<std::path::PathBuf>,
+    /// The adapter's strength (llama.cpp's `--lora-scaled`): 1 applies it as trained.
+    #[serde(default = "default_adapter_scale")]
+    pub adapter_scale: f32,
 }
 
 /// A label-bias correction computed from the model itself.
@@ -201,6 +208,14 @@ pub enum TaskError {
         /// What is wrong.
         reason: String,
     },
+    /// The task's adapter cannot be used with this model.
+    #[error("task '{task}': {source}")]
+    Adapter {
+        /// The task name.
+        task: String,
+        /// Why.
+        source: Box<crate::engine::lora::AdapterError>,
+    },
 }
 
 fn default_answer_prefix() -> String {
@@ -212,6 +227,9 @@ fn default_max_doc_tokens() -> usize {
 fn default_temperature() -> f32 {
     1.0
 }
+fn default_adapter_scale() -> f32 {
+    1.0
+}
 
 impl TaskFile {
     /// Reads and validates a task file.
@@ -221,7 +239,16 @@ impl TaskFile {
             path: p.clone(),
             source,
         })?;
-        Self::parse(&text, &p)
+        let mut file = Self::parse(&text, &p)?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for t in &mut file.task {
+            if let Some(a) = &mut t.adapter {
+                if a.is_relative() {
+                    *a = dir.join(&*a);
+                }
+            }
+        }
+        Ok(file)
     }
 
     /// Parses and validates TOML text (`origin` names it in errors).
@@ -285,6 +312,9 @@ impl TaskSpec {
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             return Err(self.invalid("temperature must be a positive number"));
+        }
+        if !self.adapter_scale.is_finite() {
+            return Err(self.invalid("adapter_scale must be a finite number"));
         }
         for (label, b) in &self.bias {
             if !names.contains(label.as_str()) {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod lora;
 pub mod manifests;
 pub mod proxy;
 pub mod rabbit;

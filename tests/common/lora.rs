@@ -1,0 +1,119 @@
+//! LoRA adapter files for tests, in llama.cpp's GGUF layout (`<base>.lora_a` `[rank, in]`,
+//! `<base>.lora_b` `[out, rank]`, `adapter.lora.alpha`), and a base model with an adapter merged
+//! into its weights (`W + scale · alpha / rank · B·A`), the independent formulation the unmerged
+//! path is checked against.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+/// One adapter's pairs, by base tensor name: (A `[rank, in]`, B `[out, rank]`).
+pub type Pairs = BTreeMap<String, (Tensor, Tensor)>;
+
+/// Random pairs of `rank` for every projection of every block of the model at `model`.
+pub fn random_pairs(model: &Path, rank: usize, seed: u64, size: f32) -> Pairs {
+    let mut f = std::fs::File::open(model).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((rng >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 2.0 * size
+    };
+    let mut out = Pairs::new();
+    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let targets = [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ];
+        if !name.starts_with("blk.")
+            || !targets
+                .iter()
+                .any(|t| name.ends_with(&format!(".{t}.weight")))
+        {
+            continue;
+        }
+        let (o, i) = c.tensor_infos[name].shape.dims2().unwrap();
+        let a: Vec<f32> = (0..rank * i).map(|_| next()).collect();
+        let b: Vec<f32> = (0..o * rank).map(|_| next()).collect();
+        out.insert(
+            name.clone(),
+            (
+                Tensor::from_vec(a, (rank, i), &Device::Cpu).unwrap(),
+                Tensor::from_vec(b, (o, rank), &Device::Cpu).unwrap(),
+            ),
+        );
+    }
+    out
+}
+
+/// Writes `pairs` as a GGUF LoRA adapter with `alpha` and extra metadata `extra` (overriding).
+pub fn write_adapter(path: &Path, pairs: &Pairs, alpha: f32, extra: &[(&str, Value)]) {
+    let mut md: BTreeMap<String, Value> = BTreeMap::new();
+    md.insert("general.architecture".into(), Value::String("llama".into()));
+    md.insert("general.type".into(), Value::String("adapter".into()));
+    md.insert("adapter.type".into(), Value::String("lora".into()));
+    md.insert("adapter.lora.alpha".into(), Value::F32(alpha));
+    for (k, v) in extra {
+        md.insert(k.to_string(), v.clone());
+    }
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (name, (a, b)) in pairs {
+        tensors.push((
+            format!("{name}.lora_a"),
+            QTensor::quantize(a, GgmlDType::F32).unwrap(),
+        ));
+        tensors.push((
+            format!("{name}.lora_b"),
+            QTensor::quantize(b, GgmlDType::F32).unwrap(),
+        ));
+    }
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    gguf_file::write(&mut w, &md_refs, &t_refs).unwrap();
+}
+
+/// Writes the F32 model at `base` with `pairs` merged in: `W + scale · alpha / rank · B·A`.
+pub fn write_merged(base: &Path, out: &Path, pairs: &Pairs, alpha: f32, scale: f32) {
+    let dev = Device::Cpu;
+    let mut f = std::fs::File::open(base).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, QTensor)> = names
+        .into_iter()
+        .map(|n| {
+            let q = c.tensor(&mut f, n, &dev).unwrap();
+            let merged = match pairs.get(n) {
+                Some((a, b)) => {
+                    assert_eq!(q.dtype(), GgmlDType::F32, "merge into F32 weights only");
+                    let w = q.dequantize(&dev).unwrap();
+                    let rank = a.dim(0).unwrap() as f32;
+                    let s = f64::from(scale * alpha / rank);
+                    let d = (b.matmul(a).unwrap() * s).unwrap();
+                    QTensor::quantize(&(w + d).unwrap(), GgmlDType::F32).unwrap()
+                }
+                None => q,
+            };
+            (n.clone(), merged)
+        })
+        .collect();
+    let md: Vec<(&str, &Value)> = c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    gguf_file::write(&mut w, &md, &ts).unwrap();
+}

@@ -189,6 +189,44 @@ def twin_tensors(vocab):
     return out
 
 
+# A LoRA adapter for SmolLM2 (llama.cpp's GGUF adapter layout), its values from the generator above
+# so that the Rust tests write the same file (tests/common/lora.rs): rank 4, alpha 8, on the query
+# and value projections and the FFN's gate and down projections of every block.
+SMOL_LORA = dict(seed=20261202, rank=4, alpha=8.0, scale_a=0.05, scale_b=0.2,
+                 targets=["attn_q", "attn_v", "ffn_gate", "ffn_down"])
+SMOL_SHAPE = dict(dim=576, kv_dim=192, ffn=1536, layers=30)
+
+
+def smol_lora_tensors():
+    """(name, array) in generation order: per block, per target, lora_a (rank, in), lora_b (out, rank)."""
+    d, kvd, f = SMOL_SHAPE["dim"], SMOL_SHAPE["kv_dim"], SMOL_SHAPE["ffn"]
+    shape = {"attn_q": (d, d), "attn_v": (kvd, d), "ffn_gate": (f, d), "ffn_down": (d, f)}
+    r, out, index = SMOL_LORA["rank"], [], 0
+    for b in range(SMOL_SHAPE["layers"]):
+        for t in SMOL_LORA["targets"]:
+            o, i = shape[t]
+            for part, dims, scale in (("lora_a", (r, i), SMOL_LORA["scale_a"]), ("lora_b", (o, r), SMOL_LORA["scale_b"])):
+                v = splitmix_uniform(SMOL_LORA["seed"], index, dims[0] * dims[1], scale).reshape(dims)
+                out.append((f"blk.{b}.{t}.weight.{part}", v))
+                index += 1
+    return out
+
+
+def write_smol_lora(out_path):
+    tensors = smol_lora_tensors()
+    w = gguf.GGUFWriter(out_path, "llama")
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, SMOL_LORA["alpha"])
+    for name, arr in tensors:
+        w.add_tensor(name, np.ascontiguousarray(arr, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return weights_sha256(tensors)
+
+
 def weights_sha256(tensors):
     h = hashlib.sha256()
     for name, arr in sorted(tensors, key=lambda t: t[0]):
@@ -470,6 +508,23 @@ def dump(path, obj):
     print(f"wrote {os.path.relpath(path, ROOT)} ({os.path.getsize(path)} bytes)", file=sys.stderr)
 
 
+def lora_fixture(a, smol, source, common):
+    """SmolLM2 dequantised to F32 (exact arithmetic on both sides) with SMOL_LORA applied."""
+    smol_f32 = os.path.join(a.models, "SmolLM2-135M-Instruct.F32.gguf")
+    if not os.path.exists(smol_f32):
+        write_f32(smol, smol_f32)
+    adapter = os.path.join(a.models, "smollm2-lora.gguf")
+    lora_sha = write_smol_lora(adapter)
+    smol_template = gguf.GGUFReader(smol).fields["tokenizer.chat_template"].contents()
+    chat = {"template": smol_template, "bos": "<|im_start|>", "eos": "<|im_end|>", "add_bos": False}
+    llm = Llama(smol_f32, n_ctx=2048, logits_all=True, lora_path=adapter, lora_scale=1.0, **KV_F32, **common)
+    print("labels on SmolLM2 F32 with the LoRA adapter:", file=sys.stderr)
+    dump(os.path.join(a.out, "labels-smollm2-lora.json"),
+         {"source": source, "model": "SmolLM2-135M-Instruct.Q4_1.gguf dequantised to F32 with gguf-py",
+          "model_sha256": sha256_file(smol), "lora": SMOL_LORA, "lora_weights_sha256": lora_sha,
+          "lora_scale": 1.0, "tasks": SMOL_TASKS, "cases": label_fixture(llm, SMOL_TASKS, chat)})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=os.environ.get("LABELMILL_REAL_MODELS",
@@ -481,6 +536,8 @@ def main():
                          "(this: this interpreter's llama.cpp build only; all: also its f16 KV "
                          "cache, the F32-dequantised weights and --labelmill)")
     ap.add_argument("--labelmill", help="with --noise-floor: a labelmill binary to include")
+    ap.add_argument("--only-lora", action="store_true",
+                    help="record only labels-smollm2-lora.json (the F32 model with SMOL_LORA)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     smol = os.path.join(a.models, "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -492,6 +549,9 @@ def main():
     common = dict(n_threads=a.threads, n_batch=512, verbose=False)
     if a.noise_floor:
         noise_floor(a, common)
+        return
+    if a.only_lora:
+        lora_fixture(a, smol, source, common)
         return
     twin_sha = write_twin(spm_vocab, twin)
     for name, path in [("llama-spm", spm_vocab), ("llama-bpe", os.path.join(a.models, "vocab/ggml-vocab-llama-bpe.gguf"))]:

@@ -117,3 +117,63 @@ pub fn write_merged(base: &Path, out: &Path, pairs: &Pairs, alpha: f32, scale: f
     let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
     gguf_file::write(&mut w, &md, &ts).unwrap();
 }
+
+/// `scripts/llamacpp-fixtures.py`'s SMOL_LORA for SmolLM2, generated here the same way: writes
+/// the adapter to `path` and returns the sha256 of its weights (names sorted, f32 little-endian),
+/// which the fixture records.
+pub fn write_smollm2_adapter(path: &Path, fx: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let spec = &fx["lora"];
+    let seed = spec["seed"].as_u64().unwrap();
+    let rank = spec["rank"].as_u64().unwrap() as usize;
+    let (sa, sb) = (
+        spec["scale_a"].as_f64().unwrap(),
+        spec["scale_b"].as_f64().unwrap(),
+    );
+    let (d, kvd, f) = (576, 192, 1536);
+    let mut pairs = Pairs::new();
+    let mut index = 0u64;
+    for b in 0..30 {
+        for t in spec["targets"].as_array().unwrap() {
+            let t = t.as_str().unwrap();
+            let (o, i) = match t {
+                "attn_q" => (d, d),
+                "attn_v" => (kvd, d),
+                "ffn_gate" => (f, d),
+                "ffn_down" => (d, f),
+                other => panic!("target {other} not generated here"),
+            };
+            let a = super::spm_twin::splitmix_uniform(seed, index, rank * i, sa);
+            let bb = super::spm_twin::splitmix_uniform(seed, index + 1, o * rank, sb);
+            index += 2;
+            pairs.insert(
+                format!("blk.{b}.{t}.weight"),
+                (
+                    Tensor::from_vec(a, (rank, i), &Device::Cpu).unwrap(),
+                    Tensor::from_vec(bb, (o, rank), &Device::Cpu).unwrap(),
+                ),
+            );
+        }
+    }
+    write_adapter(path, &pairs, spec["alpha"].as_f64().unwrap() as f32, &[]);
+    let mut named: Vec<(String, Vec<f32>)> = Vec::new();
+    for (name, (a, b)) in &pairs {
+        named.push((
+            format!("{name}.lora_a"),
+            a.flatten_all().unwrap().to_vec1().unwrap(),
+        ));
+        named.push((
+            format!("{name}.lora_b"),
+            b.flatten_all().unwrap().to_vec1().unwrap(),
+        ));
+    }
+    named.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut h = Sha256::new();
+    for (name, v) in &named {
+        h.update(name.as_bytes());
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}

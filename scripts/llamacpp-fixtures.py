@@ -13,6 +13,9 @@ What it writes:
 - labels-<model>.json: for (task, document) prompts, the prompt's token ids (template parts with
   special tokens, BOS as the file says), each label's continuation ids and its log-probability
   under llama.cpp's forward pass (with an f32 KV cache, as labelmill's);
+- labels-smollm2-lora.json (`--only-lora`): the same prompts on SmolLM2 dequantised to F32 with a
+  LoRA adapter (SMOL_LORA, written here with gguf-py from the generator the Rust tests share)
+  loaded by llama.cpp through `lora_path`;
 - chat-templates.json: chat templates rendered by Jinja2 the way transformers and llama-cpp-python
   render them (trim_blocks, lstrip_blocks), for minijinja to match.
 

@@ -253,3 +253,49 @@ fn the_cli_refuses_a_bad_adapter_with_exit_code_2() {
         "{err}"
     );
 }
+
+/// PEFT's own files (adapter_config.json + adapter_model.safetensors, Hugging Face names and row
+/// order) read directly score as the same adapter in llama.cpp's GGUF layout.
+#[test]
+fn a_peft_adapter_directory_scores_as_its_gguf_conversion() {
+    let s = setup();
+    let e = Engine::load(&s.base, None, &Device::Cpu).unwrap();
+    let heads = (gqa_shape().heads, gqa_shape().kv_heads);
+    let peft = s.dir.join("peft");
+    common::lora::write_peft(&peft, &s.pairs, ALPHA, heads, true);
+    let gguf = e.prepare(&task(Some(&s.adapter), 1.0)).unwrap();
+    let from_peft = e.prepare(&task(Some(&peft), 1.0)).unwrap();
+    let d = docs(&e, &gguf);
+    let refs: Vec<&[u32]> = d.iter().map(Vec::as_slice).collect();
+    let (a, b) = (
+        e.score(&gguf, &refs).unwrap(),
+        e.score(&from_peft, &refs).unwrap(),
+    );
+    let mut gap = Gaps::default();
+    for (x, y) in a.iter().zip(&b) {
+        gap.add(x, y);
+    }
+    assert!(gap.probs < 1e-6 && gap.log_probs < 1e-4, "{gap:?}");
+    // Without Hugging Face's row order the query and key projections come out wrong.
+    let unpermuted = s.dir.join("peft-gguf-rows");
+    common::lora::write_peft(&unpermuted, &s.pairs, ALPHA, heads, false);
+    let wrong = e.prepare(&task(Some(&unpermuted), 1.0)).unwrap();
+    let c = e.score(&wrong, &refs).unwrap();
+    let mut off = Gaps::default();
+    for (x, y) in a.iter().zip(&c) {
+        off.add(x, y);
+    }
+    assert!(off.log_probs > 1e-2, "{off:?}");
+    // A tensor it cannot apply is named.
+    let bad = s.dir.join("peft-head");
+    common::lora::write_peft(&bad, &s.pairs, ALPHA, heads, true);
+    let mut t = candle_core::safetensors::load(bad.join("adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    t.insert(
+        "base_model.model.lm_head.lora_A.weight".into(),
+        Tensor::zeros((RANK, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&t, bad.join("adapter_model.safetensors")).unwrap();
+    let msg = refused(&e, &bad);
+    assert!(msg.contains("lm_head.lora_A.weight"), "{msg}");
+}

@@ -1,7 +1,8 @@
 //! LoRA adapters in llama.cpp's GGUF format (`general.type = "adapter"`, `adapter.type = "lora"`,
 //! `adapter.lora.alpha`; tensors `<base tensor>.lora_a` `[rank, in]` and `.lora_b` `[out, rank]`,
 //! as convert_lora_to_gguf.py writes them from a PEFT adapter), applied unmerged:
-//! `W·x + scale · (alpha / rank) · B(A·x)`, the base weights staying quantised and shared.
+//! `W·x + scale · (alpha / rank) · B(A·x)`, the base weights staying quantised and shared. PEFT's
+//! own files (`adapter_config.json` + `adapter_model.safetensors`) are read by `lora_peft`.
 
 use std::collections::HashMap;
 use std::io::BufReader;
@@ -68,6 +69,38 @@ pub struct LoraPair {
 }
 
 impl LoraPair {
+    /// The pair of `a` `[rank, in]` and `b` `[out, rank]` for projection `TARGETS[target]`
+    /// (named `base`), checked against the model's shape; `alpha` 0 means no alpha / rank factor.
+    pub(crate) fn new(
+        hp: &Hparams,
+        base: &str,
+        target: usize,
+        a: &Tensor,
+        b: &Tensor,
+        alpha: f32,
+    ) -> Result<Self, String> {
+        let (out, inp) = projection_shape(hp, target);
+        let (ra, ia) = a.dims2().map_err(|e| format!("lora_a: {e}"))?;
+        let (ob, rb) = b.dims2().map_err(|e| format!("lora_b: {e}"))?;
+        if ia != inp || ob != out {
+            return Err(format!(
+                "lora_a is [{ra}, {ia}] and lora_b [{ob}, {rb}]; the model's {base} is \
+                 [{out}, {inp}]: an adapter for another base model"
+            ));
+        }
+        if ra != rb || ra == 0 {
+            return Err(format!("rank mismatch: lora_a has rank {ra}, lora_b {rb}"));
+        }
+        let f32_t = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.to_dtype(DType::F32)?.t()?.contiguous()
+        };
+        Ok(Self {
+            a_t: f32_t(a).map_err(|e| e.to_string())?,
+            b_t: f32_t(b).map_err(|e| e.to_string())?,
+            alpha_over_rank: if alpha == 0.0 { 1.0 } else { alpha / rb as f32 },
+        })
+    }
+
     /// `scale · (alpha / rank) · B(A·x)` for `x` `[n, in]`.
     pub fn delta(&self, x: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
         let x = x.to_dtype(DType::F32)?;
@@ -86,7 +119,7 @@ pub struct Adapter {
     /// `adapter.lora.alpha`.
     pub alpha: f32,
     /// `layers[block][TARGETS index]`.
-    layers: Vec<[Option<LoraPair>; 7]>,
+    pub(crate) layers: Vec<[Option<LoraPair>; 7]>,
 }
 
 /// An adapter at a scale: what a task runs with.
@@ -206,37 +239,8 @@ impl Adapter {
                 return Err(bad(format!("no matching '{b_name}'")));
             }
             let (a, b) = (read(name)?, read(&b_name)?);
-            let (out, inp) = projection_shape(hp, target);
-            let (ra, ia) = a.dims2().map_err(|e| bad(e.to_string()))?;
-            let (ob, rb) = b.dims2().map_err(|e| AdapterError::Tensor {
-                path: path.to_path_buf(),
-                name: b_name.clone(),
-                reason: e.to_string(),
-            })?;
-            if ia != inp || ob != out {
-                return Err(bad(format!(
-                    "lora_a is [{ra}, {ia}] and lora_b [{ob}, {rb}]; the model's {base} is \
-                     [{out}, {inp}]: an adapter for another base model"
-                )));
-            }
-            if ra != rb || ra == 0 {
-                return Err(bad(format!(
-                    "rank mismatch: lora_a has rank {ra}, lora_b {rb}"
-                )));
-            }
-            let alpha_over_rank = if alpha == 0.0 { 1.0 } else { alpha / rb as f32 };
-            let pair = LoraPair {
-                a_t: a
-                    .t()
-                    .and_then(|t| t.contiguous())
-                    .map_err(|e| bad(e.to_string()))?,
-                b_t: b
-                    .t()
-                    .and_then(|t| t.contiguous())
-                    .map_err(|e| bad(e.to_string()))?,
-                alpha_over_rank,
-            };
-            layers[layer][target] = Some(pair);
+            layers[layer][target] =
+                Some(LoraPair::new(hp, base, target, &a, &b, alpha).map_err(bad)?);
         }
         // A lora_b without its lora_a.
         for name in content.tensor_infos.keys() {
@@ -265,7 +269,7 @@ impl Adapter {
 }
 
 /// `blk.N.<target>.weight` -> (N, index in [`TARGETS`]).
-fn target_of(base: &str, n_layers: usize) -> Result<(usize, usize), String> {
+pub(crate) fn target_of(base: &str, n_layers: usize) -> Result<(usize, usize), String> {
     let unsupported = || {
         format!(
             "not a projection of a block this model has (blk.0..{}.{{{}}}.weight)",
@@ -290,7 +294,7 @@ fn target_of(base: &str, n_layers: usize) -> Result<(usize, usize), String> {
 }
 
 /// `[out, in]` of projection `TARGETS[target]`.
-fn projection_shape(hp: &Hparams, target: usize) -> (usize, usize) {
+pub(crate) fn projection_shape(hp: &Hparams, target: usize) -> (usize, usize) {
     let kvd = hp.n_kv_heads * hp.head_dim();
     match TARGETS[target] {
         "attn_q" | "attn_output" => (hp.dim, hp.dim),
@@ -315,7 +319,11 @@ impl AdapterSet {
         hp: &Hparams,
         device: &Device,
     ) -> Result<Arc<Adapter>, AdapterError> {
-        let adapter = Adapter::load_gguf(path, hp, device)?;
+        let adapter = if super::lora_peft::is_peft(path) {
+            super::lora_peft::load(path, hp, device)?
+        } else {
+            Adapter::load_gguf(path, hp, device)?
+        };
         let mut loaded = self.loaded.lock().expect("adapter set lock");
         Ok(loaded
             .entry(adapter.id.clone())

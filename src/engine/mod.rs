@@ -17,6 +17,7 @@ pub mod kv;
 pub mod llama;
 pub mod load;
 pub mod lora;
+mod lora_peft;
 pub mod mask;
 pub mod matmul;
 pub mod prefix_cache;

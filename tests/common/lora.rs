@@ -177,3 +177,54 @@ pub fn write_smollm2_adapter(path: &Path, fx: &serde_json::Value) -> String {
     }
     format!("{:x}", h.finalize())
 }
+
+/// Writes `pairs` (GGUF orientation) as a PEFT adapter directory: `adapter_config.json` and
+/// `adapter_model.safetensors` with Hugging Face's names and, for `q_proj` / `k_proj`, its order
+/// of each head's rows (the rotary halves apart: the inverse of the GGUF conversion's
+/// interleaving) unless `hf_rows` is false. `heads` / `kv_heads`: the model's.
+pub fn write_peft(dir: &Path, pairs: &Pairs, alpha: f32, heads: (usize, usize), hf_rows: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    let module = |proj: &str| match proj {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        other => panic!("{other}"),
+    };
+    let halves = |b: &Tensor, h: usize| {
+        let (out, r) = b.dims2().unwrap();
+        b.reshape((h, out / h / 2, 2, r))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((out, r))
+            .unwrap()
+    };
+    let mut tensors = std::collections::HashMap::new();
+    let mut rank = 0;
+    for (name, (a, b)) in pairs {
+        let parts: Vec<&str> = name.split('.').collect(); // blk N proj weight
+        let (layer, proj) = (parts[1], parts[2]);
+        let b = match (proj, hf_rows) {
+            ("attn_q", true) => halves(b, heads.0),
+            ("attn_k", true) => halves(b, heads.1),
+            _ => b.clone(),
+        };
+        rank = a.dim(0).unwrap();
+        let stem = format!("base_model.model.model.layers.{layer}.{}", module(proj));
+        tensors.insert(format!("{stem}.lora_A.weight"), a.clone());
+        tensors.insert(format!("{stem}.lora_B.weight"), b);
+    }
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": rank, "lora_alpha": alpha, "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "task_type": "CAUSAL_LM", "use_rslora": false, "use_dora": false
+    });
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+}

@@ -9,15 +9,10 @@ mod common;
 use std::time::Duration;
 
 use common::rabbit::Rabbit;
-use common::worker::{bad_docs, good_docs, http_get, metric, metric_opt, tally, Setup, WorkerProc};
+use common::worker::{
+    bad_docs, good_docs, http_get, metric, metric_opt, result_ids, tally, Setup, WorkerProc,
+};
 use serde_json::Value;
-
-fn ids(values: &[Value]) -> Vec<String> {
-    values
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_documents_in_thousand_results_out() {
@@ -37,7 +32,7 @@ async fn thousand_documents_in_thousand_results_out() {
         )
         .await;
     let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
-    let t = tally(&sent, &ids(&results));
+    let t = tally(&sent, &result_ids(&results));
     eprintln!("rabbitmq 1000: {t:?}");
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     assert_eq!((t.unique, t.duplicates), (1000, 0));
@@ -133,7 +128,7 @@ async fn every_bad_input_class_is_dead_lettered_with_its_code() {
     );
     let t = tally(
         &good.iter().map(|g| g.0.clone()).collect::<Vec<_>>(),
-        &ids(&results),
+        &result_ids(&results),
     );
     assert!(
         t.lost.is_empty() && t.duplicates == 0 && t.unexpected.is_empty(),
@@ -168,7 +163,10 @@ async fn kill9_mid_batch_then_restart_loses_nothing() {
             Duration::from_secs(180),
         )
         .await;
-    let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
+    let all: Vec<String> = result_ids(&before)
+        .into_iter()
+        .chain(result_ids(&rest))
+        .collect();
     let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
     eprintln!("rabbitmq kill -9: {} results, {t:?}", all.len());
     assert!(t.lost.is_empty(), "lost after kill -9: {t:?}");
@@ -208,7 +206,10 @@ async fn sigterm_drains_then_restart_has_no_duplicates() {
             Duration::from_secs(180),
         )
         .await;
-    let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
+    let all: Vec<String> = result_ids(&before)
+        .into_iter()
+        .chain(result_ids(&rest))
+        .collect();
     let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
     eprintln!(
         "rabbitmq SIGTERM: first run labelled {}, {t:?}",
@@ -341,7 +342,7 @@ async fn a_deleted_results_binding_pauses_the_worker_until_it_returns() {
         .await,
     );
     let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
-    let t = tally(&sent, &ids(&results));
+    let t = tally(&sent, &result_ids(&results));
     eprintln!("binding deleted mid-run: {t:?}");
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     wait_readyz(addr, Duration::from_secs(30), |s, v| {
@@ -463,7 +464,7 @@ async fn a_missing_input_queue_does_not_stop_the_others() {
         .await,
     );
     let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
-    let t = tally(&sent, &ids(&results));
+    let t = tally(&sent, &result_ids(&results));
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     assert!(w.sigterm(Duration::from_secs(60)).success());
 }
@@ -548,7 +549,7 @@ async fn low_confidence_results_are_escalated() {
             Duration::from_secs(30),
         )
         .await;
-    let mut got = ids(&escalated);
+    let mut got = result_ids(&escalated);
     let mut want = want;
     got.sort();
     want.sort();
@@ -623,7 +624,10 @@ async fn the_worker_reconnects_after_its_connections_are_closed() {
             Duration::from_secs(180),
         )
         .await;
-    let all: Vec<String> = ids(&before).into_iter().chain(ids(&rest)).collect();
+    let all: Vec<String> = result_ids(&before)
+        .into_iter()
+        .chain(result_ids(&rest))
+        .collect();
     let t = tally(&docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(), &all);
     eprintln!("rabbitmq reconnect: {t:?}");
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");

@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::proxy::{Pki, Proxy};
 use common::rabbit::{Rabbit, URI};
-use common::worker::{good_docs, http_get, metric, tally, Setup, WorkerProc};
-use serde_json::Value;
-
-fn ids(values: &[Value]) -> Vec<String> {
-    values
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect()
-}
+use common::worker::{good_docs, http_get, metric, result_ids, tally, Setup, WorkerProc};
 
 /// The publishing connection stalls (the broker's confirms stop reaching the worker) for three
 /// seconds, with `confirm_timeout = 500ms`: the publish times out, its channel is closed (the
@@ -65,7 +57,7 @@ async fn a_confirm_timeout_closes_its_channel_and_the_publish_is_retried() {
         .await;
     got.extend(rest);
     let sent: Vec<String> = docs.iter().map(|d| d.0.clone()).collect();
-    let t = tally(&sent, &ids(&got));
+    let t = tally(&sent, &result_ids(&got));
     eprintln!("confirm timeout: {t:?}");
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     // A timed-out publish may have reached the broker: its retry is a duplicate, at most one each.
@@ -150,7 +142,7 @@ async fn mutual_tls_labels_with_the_client_certificate_and_is_refused_without() 
         .await;
     let t = tally(
         &docs.iter().map(|d| d.0.clone()).collect::<Vec<_>>(),
-        &ids(&got),
+        &result_ids(&got),
     );
     assert!(t.lost.is_empty() && t.unexpected.is_empty(), "{t:?}");
     assert_eq!(t.duplicates, 0);

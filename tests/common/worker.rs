@@ -281,6 +281,14 @@ pub struct Tally {
     pub unexpected: Vec<String>,
 }
 
+/// The `id` of every result record.
+pub fn result_ids(values: &[Value]) -> Vec<String> {
+    values
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Compares result ids with the ids sent.
 pub fn tally(sent: &[String], got: &[String]) -> Tally {
     use std::collections::HashMap;

@@ -222,8 +222,12 @@ impl Llama {
             x = (x + ActiveLora::add(lora, i, 3, &o, blk.wo.forward(&o)?)?)?;
             let h = blk.ffn_norm.forward(&x)?;
             let gated = if ActiveLora::targets(lora, i, 4) || ActiveLora::targets(lora, i, 5) {
-                let gate = ActiveLora::add(lora, i, 4, &h, blk.w_gate.forward(&h)?)?;
-                let up = ActiveLora::add(lora, i, 5, &h, blk.w_up.forward(&h)?)?;
+                // One pass over the input for both products, as the fused SwiGLU does.
+                let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&blk.w_gate, &blk.w_up], &h)?
+                    .try_into()
+                    .expect("two products");
+                let gate = ActiveLora::add(lora, i, 4, &h, gate)?;
+                let up = ActiveLora::add(lora, i, 5, &h, up)?;
                 (candle_nn::ops::silu(&gate)? * up)?
             } else {
                 Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h)?

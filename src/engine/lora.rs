@@ -62,10 +62,9 @@ pub const TARGETS: [&str; 7] = [
 pub struct LoraPair {
     /// `A` transposed, `[in, rank]`.
     a_t: Tensor,
-    /// `B` transposed, `[rank, out]`.
+    /// `B` transposed and times `alpha / rank` (1 when alpha is 0, as llama.cpp does),
+    /// `[rank, out]`.
     b_t: Tensor,
-    /// `alpha / rank` (1 when alpha is 0, as llama.cpp does).
-    alpha_over_rank: f32,
 }
 
 impl LoraPair {
@@ -94,18 +93,33 @@ impl LoraPair {
         let f32_t = |t: &Tensor| -> candle_core::Result<Tensor> {
             t.to_dtype(DType::F32)?.t()?.contiguous()
         };
+        let alpha_over_rank = if alpha == 0.0 { 1.0 } else { alpha / rb as f32 };
+        let b_t = f32_t(b).and_then(|b| b * f64::from(alpha_over_rank));
         Ok(Self {
             a_t: f32_t(a).map_err(|e| e.to_string())?,
-            b_t: f32_t(b).map_err(|e| e.to_string())?,
-            alpha_over_rank: if alpha == 0.0 { 1.0 } else { alpha / rb as f32 },
+            b_t: b_t.map_err(|e| e.to_string())?,
         })
     }
 
-    /// `scale · (alpha / rank) · B(A·x)` for `x` `[n, in]`.
+    /// `scale · (alpha / rank) · B(A·x)` for `x` `[n, in]`, in `x`'s dtype. `alpha / rank` is
+    /// folded into `B` at load and `scale` applied to the `[n, rank]` product: two products and
+    /// at most one scaling per projection (small, deep models pay per operation).
     pub fn delta(&self, x: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
-        let x = x.to_dtype(DType::F32)?;
-        let s = f64::from(scale * self.alpha_over_rank);
-        (x.matmul(&self.a_t)?.matmul(&self.b_t)? * s)?.to_dtype(x.dtype())
+        let dtype = x.dtype();
+        let mut xa = if dtype == DType::F32 {
+            x.matmul(&self.a_t)?
+        } else {
+            x.to_dtype(DType::F32)?.matmul(&self.a_t)?
+        };
+        if scale != 1.0 {
+            xa = (xa * f64::from(scale))?;
+        }
+        let d = xa.matmul(&self.b_t)?;
+        if dtype == DType::F32 {
+            Ok(d)
+        } else {
+            d.to_dtype(dtype)
+        }
     }
 }
 

@@ -172,7 +172,7 @@ impl Engine {
                 reason: format!("content-free calibration: {e}"),
             })?;
             tracing::info!(task = %spec.name, content_free = ?dist, "content-free label distribution");
-            task.set_content_free(dist);
+            task.content_free = Some(dist);
         }
         Ok(task)
     }
@@ -290,11 +290,12 @@ impl Engine {
             None => None,
         };
         let n = trie.nodes.len();
+        let offsets = task.label_offsets();
         Ok((0..rows.len())
             .map(|r| {
                 let step =
                     |node: usize, j: usize| steps.as_ref().expect("trie pass ran")[r * n + node][j];
-                trie.score(&first[r], step, &task.label_offsets, task.temperature)
+                trie.score(&first[r], step, &offsets, task.temperature)
             })
             .collect())
     }

@@ -36,13 +36,11 @@ pub struct PreparedTask {
     pub temperature: f32,
     /// The task's label-bias correction ([`crate::engine::Engine::prepare`] measures it).
     pub calibration: Calibration,
-    /// The mean label distribution of the content-free documents, once measured.
+    /// The mean label distribution of the content-free documents, measured when the task's
+    /// calibration asks for it: each document's label probabilities are divided by it.
     pub content_free: Option<Vec<f32>>,
     /// The task's per-label biases, in label order.
     pub bias: Vec<f32>,
-    /// Added to each label's log-probability before the temperature: the bias minus the log of
-    /// the content-free distribution (when measured).
-    pub label_offsets: Vec<f32>,
     /// The task's LoRA adapter and scale ([`crate::engine::Engine::prepare`] loads it).
     pub adapter: Option<super::lora::ActiveLora>,
 }
@@ -202,22 +200,23 @@ impl PreparedTask {
             temperature: spec.temperature,
             calibration: spec.calibration,
             content_free: None,
-            label_offsets: bias.clone(),
             bias,
             adapter: None,
         })
     }
 
-    /// Records the content-free label distribution `dist` (probabilities, label order): from now
-    /// on each document's label probabilities are divided by it before normalising.
-    pub fn set_content_free(&mut self, dist: Vec<f32>) {
-        self.label_offsets = self
-            .bias
-            .iter()
-            .zip(&dist)
-            .map(|(b, p)| b - p.max(1e-30).ln())
-            .collect();
-        self.content_free = Some(dist);
+    /// Added to each label's log-probability before the temperature: the bias, and the offsets
+    /// that divide out the content-free distribution when it was measured.
+    pub fn label_offsets(&self) -> Vec<f32> {
+        match &self.content_free {
+            Some(dist) => self
+                .bias
+                .iter()
+                .zip(dividing_out(dist))
+                .map(|(b, o)| b + o)
+                .collect(),
+            None => self.bias.clone(),
+        }
     }
 
     /// A task given directly as token ids (synthetic workloads: `bench`, criterion).
@@ -245,7 +244,6 @@ impl PreparedTask {
             calibration: Calibration::None,
             content_free: None,
             bias: vec![0.0; n],
-            label_offsets: vec![0.0; n],
             adapter: None,
         }
     }
@@ -305,6 +303,11 @@ impl PreparedTask {
         }
         self.fit(ids)
     }
+}
+
+/// The label offsets that divide label probabilities by the distribution `dist`: `-ln p`.
+pub fn dividing_out(dist: &[f32]) -> Vec<f32> {
+    dist.iter().map(|p| -p.max(1e-30).ln()).collect()
 }
 
 /// A tokenisation mode: plain text or template.

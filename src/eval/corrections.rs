@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::bias::{cross_fitted, fit_bias};
 use super::metrics::{quality, Example, Quality};
 use super::{EvalError, Record, Scored};
-use crate::engine::prepared::PreparedTask;
+use crate::engine::prepared::{dividing_out, PreparedTask};
 use crate::engine::scoring::adjusted;
 use crate::engine::Engine;
 use crate::task::Calibration;
@@ -64,7 +64,7 @@ pub fn corrections(
             None => engine.content_free(task)?,
         };
         let k = task.labels.len();
-        let cf_off: Vec<f32> = cf.iter().map(|p| -p.max(1e-30).ln()).collect();
+        let cf_off = dividing_out(&cf);
         let base = match task.calibration {
             Calibration::ContentFree => cf_off.clone(),
             Calibration::None => vec![0.0; k],

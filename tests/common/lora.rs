@@ -30,17 +30,8 @@ pub fn random_pairs(model: &Path, rank: usize, seed: u64, size: f32) -> Pairs {
     let mut names: Vec<&String> = c.tensor_infos.keys().collect();
     names.sort();
     for name in names {
-        let targets = [
-            "attn_q",
-            "attn_k",
-            "attn_v",
-            "attn_output",
-            "ffn_gate",
-            "ffn_up",
-            "ffn_down",
-        ];
         if !name.starts_with("blk.")
-            || !targets
+            || !labelmill::engine::lora::TARGETS
                 .iter()
                 .any(|t| name.ends_with(&format!(".{t}.weight")))
         {
@@ -89,33 +80,17 @@ pub fn write_adapter(path: &Path, pairs: &Pairs, alpha: f32, extra: &[(&str, Val
 
 /// Writes the F32 model at `base` with `pairs` merged in: `W + scale · alpha / rank · B·A`.
 pub fn write_merged(base: &Path, out: &Path, pairs: &Pairs, alpha: f32, scale: f32) {
-    let dev = Device::Cpu;
-    let mut f = std::fs::File::open(base).unwrap();
-    let c = Content::read(&mut f).unwrap();
-    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, QTensor)> = names
-        .into_iter()
-        .map(|n| {
-            let q = c.tensor(&mut f, n, &dev).unwrap();
-            let merged = match pairs.get(n) {
-                Some((a, b)) => {
-                    assert_eq!(q.dtype(), GgmlDType::F32, "merge into F32 weights only");
-                    let w = q.dequantize(&dev).unwrap();
-                    let rank = a.dim(0).unwrap() as f32;
-                    let s = f64::from(scale * alpha / rank);
-                    let d = (b.matmul(a).unwrap() * s).unwrap();
-                    QTensor::quantize(&(w + d).unwrap(), GgmlDType::F32).unwrap()
-                }
-                None => q,
-            };
-            (n.clone(), merged)
-        })
-        .collect();
-    let md: Vec<(&str, &Value)> = c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
-    gguf_file::write(&mut w, &md, &ts).unwrap();
+    super::rewrite_gguf(base, out, |name, q| match pairs.get(name) {
+        Some((a, b)) => {
+            assert_eq!(q.dtype(), GgmlDType::F32, "merge into F32 weights only");
+            let w = q.dequantize(&Device::Cpu).unwrap();
+            let rank = a.dim(0).unwrap() as f32;
+            let s = f64::from(scale * alpha / rank);
+            let d = (b.matmul(a).unwrap() * s).unwrap();
+            QTensor::quantize(&(w + d).unwrap(), GgmlDType::F32).unwrap()
+        }
+        None => q,
+    })
 }
 
 /// `scripts/llamacpp-fixtures.py`'s SMOL_LORA for SmolLM2, generated here the same way: writes

@@ -119,3 +119,27 @@ pub fn classify_command(dir: &Path, tasks: &Path) -> Command {
         .arg(tasks);
     cmd
 }
+
+/// Writes the GGUF at `src` to `out` with every tensor passed through `map` (name, tensor as
+/// stored), metadata unchanged.
+pub fn rewrite_gguf(
+    src: &Path,
+    out: &Path,
+    map: impl Fn(&str, candle_core::quantized::QTensor) -> candle_core::quantized::QTensor,
+) {
+    use candle_core::quantized::gguf_file::{self, Content, Value};
+    use candle_core::quantized::QTensor;
+    let dev = candle_core::Device::Cpu;
+    let mut f = std::fs::File::open(src).unwrap();
+    let c = Content::read(&mut f).unwrap();
+    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, QTensor)> = names
+        .into_iter()
+        .map(|n| (n.clone(), map(n, c.tensor(&mut f, n, &dev).unwrap())))
+        .collect();
+    let md: Vec<(&str, &Value)> = c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    gguf_file::write(&mut w, &md, &ts).unwrap();
+}

@@ -64,30 +64,16 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 /// SmolLM2 with every tensor dequantised to F32 (metadata unchanged): the same trained model with
 /// no quantisation noise. Written once into the cache (540 MB), atomically.
 pub fn smollm2_f32() -> PathBuf {
-    use candle_core::quantized::gguf_file::{self, Content, Value};
     use candle_core::quantized::{GgmlDType, QTensor};
     let out = real_models().join("SmolLM2-135M-Instruct.F32.gguf");
     if out.exists() {
         return out;
     }
-    let dev = candle_core::Device::Cpu;
-    let mut f = std::fs::File::open(smollm2()).unwrap();
-    let c = Content::read(&mut f).unwrap();
-    let mut names: Vec<&String> = c.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, QTensor)> = names
-        .into_iter()
-        .map(|n| {
-            let t = c.tensor(&mut f, n, &dev).unwrap().dequantize(&dev).unwrap();
-            (n.clone(), QTensor::quantize(&t, GgmlDType::F32).unwrap())
-        })
-        .collect();
-    let md: Vec<(&str, &Value)> = c.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let tmp = out.with_extension(format!("{}.part", std::process::id()));
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
-    gguf_file::write(&mut w, &md, &ts).unwrap();
-    drop(w);
+    super::rewrite_gguf(&smollm2(), &tmp, |_, q| {
+        let t = q.dequantize(&candle_core::Device::Cpu).unwrap();
+        QTensor::quantize(&t, GgmlDType::F32).unwrap()
+    });
     std::fs::rename(&tmp, &out).unwrap();
     out
 }

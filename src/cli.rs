@@ -48,6 +48,9 @@ pub enum Command {
     /// Measure quality on labelled JSONL: accuracy, macro-F1, confusion, calibration; compare
     /// models; fit per-task temperatures.
     Eval(EvalArgs),
+    /// Train a LoRA adapter for one task from labelled JSONL, through the task's prompt and label
+    /// scoring; writes a llama.cpp GGUF adapter and points the task file at it.
+    Tune(crate::cli_tune::TuneArgs),
     /// Write a random-weight LLaMA GGUF and its tokenizer (for tests, benchmarks, trying things).
     TinyModel(TinyModelArgs),
     /// Time the engine on synthetic documents; prints one JSON line.
@@ -369,6 +372,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Classify(a) => classify(a),
         Command::Eval(a) => eval(a),
+        Command::Tune(a) => crate::cli_tune::tune(a),
         Command::TinyModel(a) => {
             let quant = tiny::parse_quant(&a.quant).map_err(anyhow::Error::msg)?;
             let m = tiny::write(&a.out, &TinyShape::from(&a.shape), quant, a.seed)?;

@@ -44,6 +44,7 @@ pub mod bench;
 pub mod check_device;
 pub mod classify;
 pub mod cli;
+pub mod cli_tune;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
@@ -61,6 +62,7 @@ pub mod source;
 pub mod task;
 pub mod telemetry;
 pub mod tiny;
+pub mod tune;
 pub mod worker;
 
 /// The compute device: CUDA device 0 when built with the `cuda` feature, otherwise the CPU.

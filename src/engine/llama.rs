@@ -25,7 +25,7 @@ struct Block {
 }
 
 /// Precomputed rotary tables `[context_length, head_dim / 2]`.
-struct Rope {
+pub(crate) struct Rope {
     cos: Tensor,
     sin: Tensor,
 }
@@ -258,7 +258,7 @@ impl Llama {
 }
 
 impl Rope {
-    fn new(hp: &Hparams, hd: usize, device: &Device) -> Result<Self> {
+    pub(crate) fn new(hp: &Hparams, hd: usize, device: &Device) -> Result<Self> {
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / hp.rope_freq_base.powf(2.0 * i as f32 / hd as f32))
             .collect();
@@ -279,7 +279,7 @@ impl Rope {
     }
 
     /// Tables for positions `[n]`, shaped `[n, hd / 2]`.
-    fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
             self.cos.index_select(positions, 0)?,
             self.sin.index_select(positions, 0)?,

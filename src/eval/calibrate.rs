@@ -96,7 +96,7 @@ pub fn write_biases(
 }
 
 /// Applies `set` to the `[[task]]` table of each named task, keeping comments and layout.
-fn edit_tasks<T>(
+pub(crate) fn edit_tasks<T>(
     path: &Path,
     fitted: &[(String, T)],
     set: impl Fn(&mut toml_edit::Table, &T),

@@ -127,7 +127,6 @@ fn gradients_match_finite_differences() {
         .iter()
         .enumerate()
         .map(|(i, d)| Example {
-            line: i as u64 + 1,
             ids: task.encode_doc(&tok, d).unwrap().ids,
             gold: i % 3,
         })

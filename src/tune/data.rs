@@ -12,8 +12,6 @@ use crate::engine::tokenizer::TextTokenizer;
 /// One admitted training example.
 #[derive(Debug, Clone)]
 pub struct Example {
-    /// 1-based line number.
-    pub line: u64,
     /// Fitted token ids.
     pub ids: Vec<u32>,
     /// The gold label's index.
@@ -64,11 +62,7 @@ pub fn read(
             continue;
         }
         match example(&line, tasks, &names, tokenizer) {
-            Ok((ids, gold)) => out.push(Example {
-                line: line_no,
-                ids,
-                gold,
-            }),
+            Ok((ids, gold)) => out.push(Example { ids, gold }),
             Err(why) => bad.push((line_no, why)),
         }
     }

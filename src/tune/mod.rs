@@ -115,8 +115,12 @@ impl Tuner {
     /// `ids`, as serving would compute them under the current pairs (softmax gives the served
     /// probabilities).
     pub fn label_logits(&self, ids: &[&[u32]]) -> Result<Tensor> {
+        self.logits_on(&self.model.prefix(&self.task.prefix_ids)?, ids)
+    }
+
+    /// [`Self::label_logits`] on the prefix keys and values `prefix` (from `TrainModel::prefix`).
+    fn logits_on(&self, prefix: &[(Tensor, Tensor)], ids: &[&[u32]]) -> Result<Tensor> {
         let dev = self.model.device();
-        let prefix = self.model.prefix(&self.task.prefix_ids)?;
         let mut all: Vec<&[u32]> = ids.to_vec();
         all.extend(self.content_free.iter().map(Vec::as_slice));
         let rows = batch::pack(
@@ -126,7 +130,7 @@ impl Tuner {
             self.model.vocab(),
             dev,
         )?;
-        let lp = self.model.label_log_probs(&prefix, &rows)?;
+        let lp = self.model.label_log_probs(prefix, &rows)?;
         let n = ids.len();
         let mut offsets = self.bias.clone();
         if !self.content_free.is_empty() {
@@ -146,12 +150,15 @@ impl Tuner {
 
     /// Mean cross-entropy over the label set of `docs` (a scalar to differentiate).
     pub fn loss(&self, docs: &[&Example]) -> Result<Tensor> {
-        Ok(self.outcome(docs)?.loss)
+        Ok(self
+            .outcome(&self.model.prefix(&self.task.prefix_ids)?, docs)?
+            .loss)
     }
 
-    fn outcome(&self, docs: &[&Example]) -> Result<BatchOutcome> {
+    /// Loss and correct predictions of `docs` on the prefix keys and values `prefix`.
+    fn outcome(&self, prefix: &[(Tensor, Tensor)], docs: &[&Example]) -> Result<BatchOutcome> {
         let ids: Vec<&[u32]> = docs.iter().map(|e| e.ids.as_slice()).collect();
-        let z = self.label_logits(&ids)?;
+        let z = self.logits_on(prefix, &ids)?;
         let gold: Vec<u32> = docs.iter().map(|e| e.gold as u32).collect();
         let pred = z.argmax(1)?.to_vec1::<u32>()?;
         let correct = pred.iter().zip(&gold).filter(|(p, g)| p == g).count();
@@ -165,9 +172,11 @@ impl Tuner {
     /// Mean cross-entropy and accuracy over `docs`, in batches of `batch_size`, without training.
     pub fn evaluate(&self, docs: &[Example], batch_size: usize) -> Result<(f64, f64)> {
         let (mut loss, mut correct) = (0f64, 0usize);
+        // The pairs do not change here: one prefix pass serves every batch.
+        let prefix = self.model.prefix(&self.task.prefix_ids)?;
         for chunk in docs.chunks(batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
-            let o = self.outcome(&refs)?;
+            let o = self.outcome(&prefix, &refs)?;
             loss += f64::from(o.loss.to_scalar::<f32>()?) * chunk.len() as f64;
             correct += o.correct;
         }
@@ -196,7 +205,7 @@ impl Tuner {
         let bs = opts.batch_size.max(1);
         let mut reports = Vec::with_capacity(opts.epochs + 1);
         let t0 = Instant::now();
-        let mut best = (f64::INFINITY, self.model.lora.snapshot()?);
+        let mut best: Option<(f64, Snapshot)> = None;
         let base = self.heldout(heldout, bs, 0, None, t0)?;
         on(Event::Epoch(&base));
         reports.push(base);
@@ -209,7 +218,7 @@ impl Tuner {
             let mut sum = 0f64;
             for (s, chunk) in order.chunks(bs).enumerate() {
                 let docs: Vec<&Example> = chunk.iter().map(|&i| &train[i]).collect();
-                let o = self.outcome(&docs)?;
+                let o = self.outcome(&self.model.prefix(&self.task.prefix_ids)?, &docs)?;
                 sum += f64::from(o.loss.to_scalar::<f32>()?);
                 opt.backward_step(&o.loss)?;
                 on(Event::Step {
@@ -220,14 +229,20 @@ impl Tuner {
                 });
             }
             let r = self.heldout(heldout, bs, epoch, Some(sum / steps.max(1) as f64), t)?;
+            // Nothing held out: every epoch counts as best, so the last one is kept.
             let loss = r.heldout_loss.unwrap_or(f64::NEG_INFINITY);
-            if loss <= best.0 || heldout.is_empty() {
-                best = (loss, self.model.lora.snapshot()?);
+            if best.as_ref().is_none_or(|b| loss <= b.0) {
+                best = Some((loss, self.model.lora.snapshot()?));
             }
             on(Event::Epoch(&r));
             reports.push(r);
         }
-        Ok((reports, best.1))
+        let adapter = match best {
+            Some((_, snapshot)) => snapshot,
+            // No epochs: the untrained pairs.
+            None => self.model.lora.snapshot()?,
+        };
+        Ok((reports, adapter))
     }
 
     fn heldout(

@@ -143,9 +143,9 @@ impl TrainModel {
         let mask = causal(n, self.group(), &self.device)?;
         let mut x = self.embd.index_select(&tokens, 0)?;
         let mut kv = Vec::with_capacity(self.blocks.len());
-        let (cos, sin) = self.rope_at(&positions, 1, n)?;
+        let (cos, sin) = self.rope_at(&positions, n)?;
         for i in 0..self.blocks.len() {
-            let (y, layer_kv) = self.block(i, &x, (1, n), (&cos, &sin), None, &mask)?;
+            let (y, layer_kv) = self.block(i, &x, n, (&cos, &sin), None, &mask)?;
             x = y;
             kv.push(layer_kv);
         }
@@ -155,12 +155,11 @@ impl TrainModel {
     /// Each row's label log-probabilities `[b, labels]` (sums over the label's tokens), on top of
     /// `prefix` (from [`Self::prefix`]; empty for a task without one).
     pub fn label_log_probs(&self, prefix: &[(Tensor, Tensor)], rows: &Rows) -> Result<Tensor> {
-        let (b, l) = (1, rows.n);
         let mut x = self.embd.index_select(&rows.tokens, 0)?;
-        let (cos, sin) = self.rope_at(&rows.positions, b, l)?;
+        let (cos, sin) = self.rope_at(&rows.positions, rows.n)?;
         for i in 0..self.blocks.len() {
             let past = prefix.get(i);
-            x = self.block(i, &x, (b, l), (&cos, &sin), past, &rows.mask)?.0;
+            x = self.block(i, &x, rows.n, (&cos, &sin), past, &rows.mask)?.0;
         }
         let h = x.index_select(&rows.scored, 0)?;
         let h = candle_nn::ops::rms_norm_slow(&h, &self.norm, self.hp.rms_eps as f32)?;
@@ -177,13 +176,13 @@ impl TrainModel {
             .sum(2)
     }
 
-    /// Rotary tables for `positions` `[b * l]`, shaped `[b, 1, l, head_dim / 2, 1]`.
-    fn rope_at(&self, positions: &Tensor, b: usize, l: usize) -> Result<(Tensor, Tensor)> {
+    /// Rotary tables for `positions` `[n]`, shaped `[1, 1, n, head_dim / 2, 1]`.
+    fn rope_at(&self, positions: &Tensor, n: usize) -> Result<(Tensor, Tensor)> {
         let (cos, sin) = self.rope.at(positions)?;
         let half = self.hp.head_dim() / 2;
         Ok((
-            cos.reshape((b, 1, l, half, 1))?,
-            sin.reshape((b, 1, l, half, 1))?,
+            cos.reshape((1, 1, n, half, 1))?,
+            sin.reshape((1, 1, n, half, 1))?,
         ))
     }
 
@@ -200,12 +199,13 @@ impl TrainModel {
         }
     }
 
-    /// One block over `x` `[b * l, dim]`: the new hidden states and this block's keys and values.
+    /// One block over the `n` packed tokens `x` `[n, dim]` (one sequence: rows are told apart by
+    /// the mask): the new hidden states and this block's keys and values.
     fn block(
         &self,
         i: usize,
         x: &Tensor,
-        (b, l): (usize, usize),
+        n: usize,
         (cos, sin): (&Tensor, &Tensor),
         past: Option<&(Tensor, Tensor)>,
         mask: &Tensor,
@@ -214,31 +214,27 @@ impl TrainModel {
         let eps = self.hp.rms_eps as f32;
         let blk = &self.blocks[i];
         let h = candle_nn::ops::rms_norm_slow(x, &blk.attn_norm, eps)?;
-        let heads = |y: Tensor, n: usize| y.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous();
+        let heads = |y: Tensor, h: usize| y.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous();
         let q = rope(&heads(self.proj(i, 0, &h)?, nh)?, cos, sin)?;
         let k = rope(&heads(self.proj(i, 1, &h)?, kvh)?, cos, sin)?;
         let v = heads(self.proj(i, 2, &h)?, kvh)?;
         let (k_all, v_all) = match past {
-            Some((pk, pv)) => {
-                let wide = |p: &Tensor| p.broadcast_as((b, kvh, p.dim(2)?, hd));
-                (
-                    Tensor::cat(&[&wide(pk)?, &k], 2)?,
-                    Tensor::cat(&[&wide(pv)?, &v], 2)?,
-                )
-            }
+            Some((pk, pv)) => (
+                Tensor::cat(&[pk, &k], 2)?.contiguous()?,
+                Tensor::cat(&[pv, &v], 2)?.contiguous()?,
+            ),
             None => (k.clone(), v.clone()),
         };
-        // (candle's fused `softmax_last_dim` has no backward pass: the composed softmax does.)
-        // Query head h pairs with key-value head h / group: [b, kvh, group * l, hd].
-        let q = q.reshape((b, kvh, (nh / kvh) * l, hd))?;
-        let (k_all, v_all) = (k_all.contiguous()?, v_all.contiguous()?);
+        // Query head h pairs with key-value head h / group: [1, kvh, group * n, hd].
+        let q = q.reshape((1, kvh, (nh / kvh) * n, hd))?;
         let att = (q.matmul(&k_all.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        // candle's fused `softmax_last_dim` has no backward pass: the composed softmax has.
         let att = candle_nn::ops::softmax(&att.broadcast_add(mask)?, candle_core::D::Minus1)?;
         let o = att
             .matmul(&v_all)?
-            .reshape((b, nh, l, hd))?
+            .reshape((1, nh, n, hd))?
             .transpose(1, 2)?
-            .reshape((b * l, nh * hd))?;
+            .reshape((n, nh * hd))?;
         let x = (x + self.proj(i, 3, &o)?)?;
         let h = candle_nn::ops::rms_norm_slow(&x, &blk.ffn_norm, eps)?;
         let gated = (candle_nn::ops::silu(&self.proj(i, 4, &h)?)? * self.proj(i, 5, &h)?)?;

@@ -6,8 +6,9 @@
 //! and the values summed in key order. A query's arithmetic therefore never depends on how many
 //! queries or keys share its pass, so a prefix token, a cached document token and the same token
 //! in the whole prompt get the same bits (a matrix product's blocking would vary with the shapes,
-//! and 8-bit activation rounding downstream turns one ulp into visible score differences). Heads are
-//! independent, so the pool's threads split them; nothing inside calls back into candle.
+//! and 8-bit activation rounding downstream turns one ulp into visible score differences). Heads and
+//! queries are independent, so the pool's threads split them in (head, query block) pieces;
+//! nothing inside calls back into candle.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
@@ -16,6 +17,10 @@ use super::isa::Isa;
 use super::shared_out::SharedMut;
 use super::softmax::softmax_row;
 use super::vecops::{self, QB};
+
+/// Queries per work piece (a multiple of [`QB`]): enough that laying out a head's keys, once per
+/// run of pieces, is a few percent of the piece's products.
+const QUERY_PIECE: usize = 16 * QB;
 
 /// A contiguous CPU f32 tensor's values.
 fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
@@ -68,9 +73,11 @@ fn query_block(
         for (v, m) in row[p..].iter_mut().zip(mask.iter()) {
             *v += m;
         }
-        // Padding and keys never computed: hidden.
-        row[(p + mask.len()).min(computed)..].fill(f32::NEG_INFINITY);
-        softmax_row(row, scale, isa);
+        // Padding and keys never computed: hidden. Only the computed keys go through the softmax
+        // (the rest would be exact zeros, and `values` reads only the first `seen`): the sum
+        // gains the same lanes in the same order either way.
+        row[(p + mask.len()).min(computed)..computed].fill(f32::NEG_INFINITY);
+        softmax_row(&mut row[..computed], scale, isa);
     }
     vecops::values(scores, rows, stride, head.v, hd, seen, out);
 }
@@ -121,44 +128,53 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     // falls in the vector lane its position gives, so a query's softmax sums in the same order
     // whatever the row's total width.
     let stride = width.next_multiple_of(8);
-    candle_core::utils::barrier_pool().execute_chunked(n_kv, |heads| {
+    // Pieces are (kv head, block of queries): models have few kv heads (SmolLM2 3, LLaMA 2 70B 8),
+    // so heads alone leave a thread idle for a whole head's time. Every query's arithmetic is its
+    // own, so how the queries are split changes no bit.
+    let blocks = gt.div_ceil(QUERY_PIECE);
+    candle_core::utils::barrier_pool().execute_chunked(n_kv * blocks, |pieces| {
         let mut scores = vec![f32::NEG_INFINITY; QB * stride];
         let mut kt = vec![0f32; hd * stride];
         let mut vbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
-        for h in heads {
-            // SAFETY: head h's output slice is inside `out` and written by this call only.
-            let oh = unsafe { ptr.part(h * gt * hd, gt * hd) };
+        let mut laid = None;
+        for piece in pieces {
+            let (h, b) = (piece / blocks, piece % blocks);
             let rkh = &rk_s[h * s * hd..(h + 1) * s * hd];
             let rvh = &rv_s[h * s * hd..(h + 1) * s * hd];
-            // Keys and values as [prefix | row], the order one pass over the whole prompt holds.
-            let pkh = &pk_s[h * p * hd..(h + 1) * p * hd];
-            for (j, key) in pkh.chunks_exact(hd).chain(rkh.chunks_exact(hd)).enumerate() {
-                for (c, x) in key.iter().enumerate() {
-                    kt[c * stride + j] = *x;
+            // Keys and values as [prefix | row], the order one pass over the whole prompt holds;
+            // laid out once for the consecutive pieces of one head.
+            if laid != Some(h) {
+                let pkh = &pk_s[h * p * hd..(h + 1) * p * hd];
+                for (j, key) in pkh.chunks_exact(hd).chain(rkh.chunks_exact(hd)).enumerate() {
+                    for (c, x) in key.iter().enumerate() {
+                        kt[c * stride + j] = *x;
+                    }
                 }
+                if p > 0 {
+                    vbuf.clear();
+                    vbuf.extend_from_slice(&pv_s[h * p * hd..(h + 1) * p * hd]);
+                    vbuf.extend_from_slice(rvh);
+                }
+                laid = Some(h);
             }
-            let vh: &[f32] = if p > 0 {
-                vbuf.clear();
-                vbuf.extend_from_slice(&pv_s[h * p * hd..(h + 1) * p * hd]);
-                vbuf.extend_from_slice(rvh);
-                &vbuf
-            } else {
-                rvh
-            };
             let head = Head {
                 q: &q_s[h * gt * hd..(h + 1) * gt * hd],
                 kt: &kt,
-                v: vh,
+                v: if p > 0 { &vbuf } else { rvh },
                 hd,
                 p,
                 stride,
             };
-            for i0 in (0..gt).step_by(QB) {
-                let rows = QB.min(gt - i0);
+            let queries = b * QUERY_PIECE..((b + 1) * QUERY_PIECE).min(gt);
+            // SAFETY: head h's queries `queries` are written by this piece only (pieces are
+            // disjoint (head, block) pairs); `part` bounds-checks the range.
+            let oh = unsafe { ptr.part((h * gt + queries.start) * hd, queries.len() * hd) };
+            for i0 in queries.clone().step_by(QB) {
+                let rows = QB.min(queries.end - i0);
                 let masks: Vec<&[f32]> = (i0..i0 + rows)
                     .map(|i| &mask_s[(i % t) * s..(i % t + 1) * s])
                     .collect();
-                let o = &mut oh[i0 * hd..(i0 + rows) * hd];
+                let o = &mut oh[(i0 - queries.start) * hd..(i0 - queries.start + rows) * hd];
                 query_block(&head, (i0, rows), &masks, &mut scores, o, scale, isa);
             }
         }

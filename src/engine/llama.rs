@@ -3,22 +3,22 @@
 use std::ops::Range;
 
 use candle_core::quantized::QTensor;
-use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_transformers::quantized_nn::RmsNorm;
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::{attend, AttentionInput};
 use super::kv::{KvCache, LayerKv};
+use super::layer_ops::{merge_heads, to_heads, Norm};
 use super::load::{GgufFile, Hparams, LoadError};
 use super::lora::ActiveLora;
 use super::matmul::{Linear, WeightFormat};
 
 struct Block {
-    attn_norm: RmsNorm,
+    attn_norm: Norm,
     wq: Linear,
     wk: Linear,
     wv: Linear,
     wo: Linear,
-    ffn_norm: RmsNorm,
+    ffn_norm: Norm,
     w_gate: Linear,
     w_up: Linear,
     w_down: Linear,
@@ -64,7 +64,7 @@ pub struct Llama {
     device: Device,
     tok_embd: QTensor,
     blocks: Vec<Block>,
-    norm: RmsNorm,
+    norm: Norm,
     output: Linear,
     rope: Rope,
 }
@@ -96,9 +96,9 @@ impl Llama {
         };
         let lin =
             |f: &mut GgufFile, name: String, shape: [usize; 2]| lin_as(f, name, shape, weights);
-        let norm = |f: &mut GgufFile, name: String| -> std::result::Result<RmsNorm, LoadError> {
+        let norm = |f: &mut GgufFile, name: String| -> std::result::Result<Norm, LoadError> {
             let t = f.tensor(&name, &[dim], device)?;
-            RmsNorm::from_qtensor(t, hp.rms_eps).map_err(candle_err(&path))
+            Norm::from_qtensor(t, hp.rms_eps).map_err(candle_err(&path))
         };
         let tok_embd = file.tensor("token_embd.weight", &[hp.vocab_size, dim], device)?;
         let mut blocks = Vec::with_capacity(hp.n_layers);
@@ -156,9 +156,7 @@ impl Llama {
 
     /// Runs every block over `step` and returns the final hidden states (and KV when asked).
     pub fn forward(&self, step: &Step) -> Result<StepOutput> {
-        let n = step.tokens.dim(0)?;
         let (hd, n_kv, n_heads) = (self.hp.head_dim(), self.hp.n_kv_heads, self.hp.n_heads);
-        let group = n_heads / n_kv;
         let mut x = self.tok_embd.embedding(step.tokens)?;
         let (cos, sin) = self.rope.at(step.positions)?;
         let masks: Vec<Tensor> = step
@@ -167,15 +165,12 @@ impl Llama {
             .map(|m| m.unsqueeze(0)?.unsqueeze(0)?.unsqueeze(0))
             .collect::<Result<_>>()?;
         let mut kept = Vec::with_capacity(if step.keep_kv { self.blocks.len() } else { 0 });
+        // Each block's input norm comes fused with the residual add that ends the block before.
+        let mut h = match self.blocks.first() {
+            Some(b) => b.attn_norm.forward(&x)?,
+            None => x.clone(),
+        };
         for (i, blk) in self.blocks.iter().enumerate() {
-            let h = blk.attn_norm.forward(&x)?;
-            // [n, heads * hd] -> [1, heads, n, hd]: query head h pairs with kv head h / group.
-            let heads = |y: Tensor, nh: usize| {
-                y.reshape((n, nh, hd))?
-                    .transpose(0, 1)?
-                    .unsqueeze(0)?
-                    .contiguous()
-            };
             let lora = step.lora;
             let [q, k, v]: [Tensor; 3] = Linear::forward_many(&[&blk.wq, &blk.wk, &blk.wv], &h)?
                 .try_into()
@@ -183,62 +178,82 @@ impl Llama {
             let q = ActiveLora::add(lora, i, 0, &h, q)?;
             let k = ActiveLora::add(lora, i, 1, &h, k)?;
             let v = ActiveLora::add(lora, i, 2, &h, v)?;
-            let q = candle_nn::rotary_emb::rope_i(&heads(q, n_heads)?, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_i(&heads(k, n_kv)?, &cos, &sin)?;
-            let v = heads(v, n_kv)?;
-            let shared = step.shared.map(|s| &s.layers[i]);
-            let mut outs = Vec::with_capacity(step.rows.len());
-            for (r, (span, mask)) in step.rows.iter().zip(&masks).enumerate() {
-                let len = span.len();
-                let own = |x: &Tensor| x.narrow(2, span.start, len)?.contiguous();
-                let mut rows = LayerKv {
-                    k: own(&k)?,
-                    v: own(&v)?,
-                };
-                if let Some((ctx, spans)) = step.context {
-                    let c = &ctx.layers[i];
-                    let cs = &spans[r];
-                    let ctx_part = |x: &Tensor| x.narrow(2, cs.start, cs.len())?.contiguous();
-                    // [context | own]: the keys in the order one pass over the whole prompt and
-                    // the label would hold them, so both paths sum alike.
-                    rows = LayerKv {
-                        k: Tensor::cat(&[&ctx_part(&c.k)?, &rows.k], 2)?,
-                        v: Tensor::cat(&[&ctx_part(&c.v)?, &rows.v], 2)?,
-                    };
-                }
-                let q_r = own(&q)?.reshape((1, n_kv, group * len, hd))?;
-                let o = attend(&AttentionInput {
-                    q: &q_r,
-                    shared,
-                    rows: &rows,
-                    mask,
-                    group,
-                })?;
-                outs.push(o.reshape((n_heads, len, hd))?);
-            }
-            let o = Tensor::cat(&outs, 1)?
-                .transpose(0, 1)?
-                .reshape((n, self.hp.dim))?;
-            x = (x + ActiveLora::add(lora, i, 3, &o, blk.wo.forward(&o)?)?)?;
-            let h = blk.ffn_norm.forward(&x)?;
+            // [n, heads * hd] -> [1, heads, n, hd]: query head h pairs with kv head h / group.
+            let q = to_heads(&q, n_heads, hd, Some((&cos, &sin)))?;
+            let k = to_heads(&k, n_kv, hd, Some((&cos, &sin)))?;
+            let v = to_heads(&v, n_kv, hd, None)?;
+            let kv = LayerKv { k, v };
+            let outs = self.attend_rows(step, i, &q, &kv, &masks)?;
+            let o = merge_heads(&outs, n_heads, hd)?;
+            let attn = ActiveLora::add(lora, i, 3, &o, blk.wo.forward(&o)?)?;
+            let (x_mid, h_ffn) = blk.ffn_norm.add_forward(&x, &attn)?;
             let gated = if ActiveLora::targets(lora, i, 4) || ActiveLora::targets(lora, i, 5) {
                 // One pass over the input for both products, as the fused SwiGLU does.
-                let [gate, up]: [Tensor; 2] = Linear::forward_many(&[&blk.w_gate, &blk.w_up], &h)?
-                    .try_into()
-                    .expect("two products");
-                let gate = ActiveLora::add(lora, i, 4, &h, gate)?;
-                let up = ActiveLora::add(lora, i, 5, &h, up)?;
+                let [gate, up]: [Tensor; 2] =
+                    Linear::forward_many(&[&blk.w_gate, &blk.w_up], &h_ffn)?
+                        .try_into()
+                        .expect("two products");
+                let gate = ActiveLora::add(lora, i, 4, &h_ffn, gate)?;
+                let up = ActiveLora::add(lora, i, 5, &h_ffn, up)?;
                 (candle_nn::ops::silu(&gate)? * up)?
             } else {
-                Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h)?
+                Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h_ffn)?
             };
-            x = (x + ActiveLora::add(lora, i, 6, &gated, blk.w_down.forward(&gated)?)?)?;
+            let down = ActiveLora::add(lora, i, 6, &gated, blk.w_down.forward(&gated)?)?;
+            match self.blocks.get(i + 1) {
+                Some(next) => (x, h) = next.attn_norm.add_forward(&x_mid, &down)?,
+                None => x = (x_mid + down)?,
+            }
             if step.keep_kv {
-                kept.push(LayerKv { k, v });
+                kept.push(kv);
             }
         }
         let kv = step.keep_kv.then_some(KvCache { layers: kept });
         Ok(StepOutput { hidden: x, kv })
+    }
+
+    /// Attention of every row of `step` in block `i`: `[n_heads, len, hd]` per row.
+    fn attend_rows(
+        &self,
+        step: &Step,
+        i: usize,
+        q: &Tensor,
+        kv: &LayerKv,
+        masks: &[Tensor],
+    ) -> Result<Vec<Tensor>> {
+        let (hd, n_kv, n_heads) = (self.hp.head_dim(), self.hp.n_kv_heads, self.hp.n_heads);
+        let group = n_heads / n_kv;
+        let shared = step.shared.map(|s| &s.layers[i]);
+        let mut outs = Vec::with_capacity(step.rows.len());
+        for (r, (span, mask)) in step.rows.iter().zip(masks).enumerate() {
+            let len = span.len();
+            let own = |x: &Tensor| x.narrow(2, span.start, len)?.contiguous();
+            let mut rows = LayerKv {
+                k: own(&kv.k)?,
+                v: own(&kv.v)?,
+            };
+            if let Some((ctx, spans)) = step.context {
+                let c = &ctx.layers[i];
+                let cs = &spans[r];
+                let ctx_part = |x: &Tensor| x.narrow(2, cs.start, cs.len())?.contiguous();
+                // [context | own]: the keys in the order one pass over the whole prompt and
+                // the label would hold them, so both paths sum alike.
+                rows = LayerKv {
+                    k: Tensor::cat(&[&ctx_part(&c.k)?, &rows.k], 2)?,
+                    v: Tensor::cat(&[&ctx_part(&c.v)?, &rows.v], 2)?,
+                };
+            }
+            let q_r = own(q)?.reshape((1, n_kv, group * len, hd))?;
+            let o = attend(&AttentionInput {
+                q: &q_r,
+                shared,
+                rows: &rows,
+                mask,
+                group,
+            })?;
+            outs.push(o.reshape((n_heads, len, hd))?);
+        }
+        Ok(outs)
     }
 
     /// Logits over the full vocabulary at selected token indices of `hidden` (`[n, dim]`): only

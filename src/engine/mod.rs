@@ -14,6 +14,7 @@ mod content_free;
 pub mod equivalence;
 pub mod isa;
 pub mod kv;
+mod layer_ops;
 pub mod llama;
 pub mod load;
 pub mod lora;

@@ -1,0 +1,296 @@
+//! The element-wise steps between a layer's products: RMS norm fused with the residual add, the
+//! rotary embedding written straight into head-major order, and the heads merged back into rows.
+//!
+//! On the CPU each is one pass over plain slices, split over candle's compute pool, instead of
+//! candle's chain of ops (a copy per reshape, an allocation per op, and rayon's own pool for the
+//! norm and the rotation, whose threads then compete with the compute pool's for the same cores).
+//! The arithmetic is candle's, expression for expression (`rms_norm`, `rope_i`, `+`), so the
+//! results are the same bits. Other devices run candle's ops.
+
+use std::ops::Range;
+
+use candle_core::quantized::QTensor;
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+
+use super::shared_out::SharedMut;
+
+/// Rows per work piece: the passes are light, so pieces stay large.
+const ROWS_PER_PIECE: usize = 16;
+
+/// Runs `f` on row ranges of `n` rows on the compute pool.
+fn rows_on_pool(n: usize, f: impl Fn(Range<usize>) + Sync) {
+    let pieces = n.div_ceil(ROWS_PER_PIECE);
+    candle_core::utils::barrier_pool().execute_chunked(pieces, |chunk| {
+        for p in chunk {
+            f(p * ROWS_PER_PIECE..((p + 1) * ROWS_PER_PIECE).min(n));
+        }
+    });
+}
+
+/// `f` on a CPU f32 tensor's values (made contiguous first); `None` on other devices or types.
+fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>> {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(Some(f(&v[a..b]))),
+        _ => candle_core::bail!("expected contiguous f32 values on the CPU"),
+    }
+}
+
+/// An RMS norm over the last dimension, with its learned scale.
+pub(crate) struct Norm {
+    weight: Tensor,
+    scale: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    /// The norm whose scale is `t` (any stored type, dequantised to f32).
+    pub(crate) fn from_qtensor(t: QTensor, eps: f64) -> Result<Self> {
+        let weight = t.dequantize(&t.device())?;
+        let scale = weight.to_device(&candle_core::Device::Cpu)?.to_vec1()?;
+        Ok(Self {
+            weight,
+            scale,
+            eps: eps as f32,
+        })
+    }
+
+    /// `x / rms(x) · scale`, row by row.
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dim = self.scale.len();
+        let done = with_cpu_f32(x, |xs| {
+            let mut out = vec![0f32; xs.len()];
+            let ptr = SharedMut::new(&mut out);
+            rows_on_pool(xs.len() / dim, |rows| {
+                // SAFETY: each piece writes its own rows only (disjoint row ranges).
+                let dst = unsafe { ptr.part(rows.start * dim, rows.len() * dim) };
+                self.rows(&xs[rows.start * dim..rows.end * dim], dst);
+            });
+            out
+        })?;
+        match done {
+            Some(out) => Tensor::from_vec(out, x.shape(), x.device()),
+            None => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
+        }
+    }
+
+    /// The residual sum `x + y` and its norm, in one pass.
+    pub(crate) fn add_forward(&self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let dim = self.scale.len();
+        let y = y.contiguous()?;
+        let done = with_cpu_f32(x, |xs| {
+            with_cpu_f32(&y, |ys| {
+                assert_eq!(xs.len(), ys.len(), "residual shapes differ");
+                let (mut sum, mut out) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+                let (sp, op) = (SharedMut::new(&mut sum), SharedMut::new(&mut out));
+                rows_on_pool(xs.len() / dim, |rows| {
+                    let r = rows.start * dim..rows.end * dim;
+                    // SAFETY: each piece writes its own rows only (disjoint row ranges).
+                    let (s, o) = unsafe { (sp.part(r.start, r.len()), op.part(r.start, r.len())) };
+                    for ((s, a), b) in s.iter_mut().zip(&xs[r.clone()]).zip(&ys[r.clone()]) {
+                        *s = a + b;
+                    }
+                    self.rows(s, o);
+                });
+                (sum, out)
+            })
+        })?
+        .transpose()?
+        .flatten();
+        match done {
+            Some((sum, out)) => Ok((
+                Tensor::from_vec(sum, x.shape(), x.device())?,
+                Tensor::from_vec(out, x.shape(), x.device())?,
+            )),
+            None => {
+                let sum = (x + &y)?;
+                let out = candle_nn::ops::rms_norm(&sum, &self.weight, self.eps)?;
+                Ok((sum, out))
+            }
+        }
+    }
+
+    /// Whole rows of `src` into `dst`, as candle's `rms_norm` computes each.
+    fn rows(&self, src: &[f32], dst: &mut [f32]) {
+        let n = self.scale.len();
+        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
+            let sum2 = s.iter().map(|&v| v * v).sum::<f32>();
+            let m = (sum2 / n as f32 + self.eps).sqrt();
+            for ((d, s), a) in d.iter_mut().zip(s).zip(&self.scale) {
+                *d = *s / m * *a;
+            }
+        }
+    }
+}
+
+/// `y` (`[n, heads · hd]`, token-major) as `[1, heads, n, hd]`, each pair of values rotated by
+/// its token's angle (`cos`, `sin`: `[n, hd / 2]`) when given, as candle's `rope_i` rotates them.
+pub(crate) fn to_heads(
+    y: &Tensor,
+    heads: usize,
+    hd: usize,
+    rope: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let n = y.dim(0)?;
+    let tables = match rope {
+        Some((c, s)) => Some((
+            with_cpu_f32(c, <[f32]>::to_vec)?,
+            with_cpu_f32(s, <[f32]>::to_vec)?,
+        )),
+        None => None,
+    };
+    let cpu_tables = match &tables {
+        Some((Some(c), Some(s))) => Some((c.as_slice(), s.as_slice())),
+        Some(_) => None,
+        None => Some((&[][..], &[][..])),
+    };
+    let done = match cpu_tables {
+        Some((cos, sin)) => with_cpu_f32(y, |ys| {
+            let mut out = vec![0f32; ys.len()];
+            let ptr = SharedMut::new(&mut out);
+            candle_core::utils::barrier_pool().execute_chunked(heads, |hs| {
+                for h in hs {
+                    // SAFETY: head h's block of the output is written by this piece only.
+                    let dst = unsafe { ptr.part(h * n * hd, n * hd) };
+                    for (i, d) in dst.chunks_exact_mut(hd).enumerate() {
+                        let src = &ys[(i * heads + h) * hd..(i * heads + h + 1) * hd];
+                        if rope.is_none() {
+                            d.copy_from_slice(src);
+                            continue;
+                        }
+                        let (c, s) = (&cos[i * hd / 2..], &sin[i * hd / 2..]);
+                        for p in 0..hd / 2 {
+                            let (x0, x1) = (src[2 * p], src[2 * p + 1]);
+                            d[2 * p] = x0 * c[p] - x1 * s[p];
+                            d[2 * p + 1] = x0 * s[p] + x1 * c[p];
+                        }
+                    }
+                }
+            });
+            out
+        })?,
+        None => None,
+    };
+    match done {
+        Some(out) => Tensor::from_vec(out, (1, heads, n, hd), y.device()),
+        None => {
+            let t = y
+                .reshape((n, heads, hd))?
+                .transpose(0, 1)?
+                .unsqueeze(0)?
+                .contiguous()?;
+            match rope {
+                Some((c, s)) => candle_nn::rotary_emb::rope_i(&t, c, s),
+                None => Ok(t),
+            }
+        }
+    }
+}
+
+/// Each row's attention output (`[heads, len, hd]`, rows in order) back into token-major
+/// `[n, heads · hd]`.
+pub(crate) fn merge_heads(outs: &[Tensor], heads: usize, hd: usize) -> Result<Tensor> {
+    let dim = heads * hd;
+    let mut merged: Option<Vec<f32>> = Some(Vec::new());
+    let mut n = 0;
+    for o in outs {
+        let len = o.dim(1)?;
+        let start = n;
+        n += len;
+        let Some(m) = merged.as_mut() else { break };
+        m.resize(n * dim, 0.0);
+        let put = with_cpu_f32(o, |os| {
+            for (h, head) in os.chunks_exact(len * hd).enumerate() {
+                for (i, v) in head.chunks_exact(hd).enumerate() {
+                    m[(start + i) * dim + h * hd..][..hd].copy_from_slice(v);
+                }
+            }
+        })?;
+        if put.is_none() {
+            merged = None;
+        }
+    }
+    let device = outs
+        .first()
+        .map_or(candle_core::Device::Cpu, |o| o.device().clone());
+    match merged {
+        Some(m) => Tensor::from_vec(m, (n, dim), &device),
+        None => Tensor::cat(outs, 1)?.transpose(0, 1)?.reshape((n, dim)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let vals: Vec<f32> = (0..n as u64)
+            .map(|i| ((i * 7919 + seed * 104_729) % 1009) as f32 / 1009.0 * 4.0 - 2.0)
+            .collect();
+        Tensor::from_vec(vals, shape, &Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    #[test]
+    fn norms_equal_candles_rms_norm_to_the_bit() {
+        let (n, dim) = (70, 96);
+        let w = random(&[dim], 1);
+        let norm = Norm::from_qtensor(
+            QTensor::quantize(&w, candle_core::quantized::GgmlDType::F32).unwrap(),
+            1e-5,
+        )
+        .unwrap();
+        let (x, y) = (random(&[n, dim], 2), random(&[n, dim], 3));
+        let want = candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap();
+        assert_eq!(bits(&norm.forward(&x).unwrap()), bits(&want));
+        let (sum, normed) = norm.add_forward(&x, &y).unwrap();
+        let want_sum = (&x + &y).unwrap();
+        assert_eq!(bits(&sum), bits(&want_sum));
+        let want = candle_nn::ops::rms_norm(&want_sum, &w, 1e-5).unwrap();
+        assert_eq!(bits(&normed), bits(&want));
+    }
+
+    #[test]
+    fn heads_equal_candles_transpose_and_rope_i_to_the_bit() {
+        let (n, heads, hd) = (37, 3, 16);
+        let y = random(&[n, heads * hd], 4);
+        let (cos, sin) = (random(&[n, hd / 2], 5), random(&[n, hd / 2], 6));
+        let plain = y
+            .reshape((n, heads, hd))
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        assert_eq!(bits(&to_heads(&y, heads, hd, None).unwrap()), bits(&plain));
+        let want = candle_nn::rotary_emb::rope_i(&plain, &cos, &sin).unwrap();
+        let got = to_heads(&y, heads, hd, Some((&cos, &sin))).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        assert_eq!(bits(&got), bits(&want));
+    }
+
+    #[test]
+    fn merged_heads_equal_candles_cat_and_transpose() {
+        let (heads, hd) = (3, 8);
+        let outs = [random(&[heads, 5, hd], 7), random(&[heads, 2, hd], 8)];
+        let want = Tensor::cat(&outs, 1)
+            .unwrap()
+            .transpose(0, 1)
+            .unwrap()
+            .reshape((7, heads * hd))
+            .unwrap();
+        assert_eq!(bits(&merge_heads(&outs, heads, hd).unwrap()), bits(&want));
+    }
+}

@@ -67,7 +67,7 @@ fn query_block(
         .unwrap_or(p);
     let computed = seen.next_multiple_of(8).min(stride);
     let q = &head.q[i0 * hd..(i0 + rows) * hd];
-    vecops::scores(q, rows, head.kt, hd, stride, computed, scores);
+    vecops::scores(isa, q, rows, head.kt, hd, stride, computed, scores);
     for (r, mask) in masks.iter().enumerate() {
         let row = &mut scores[r * stride..(r + 1) * stride];
         for (v, m) in row[p..].iter_mut().zip(mask.iter()) {
@@ -79,7 +79,7 @@ fn query_block(
         row[(p + mask.len()).min(computed)..computed].fill(f32::NEG_INFINITY);
         softmax_row(&mut row[..computed], scale, isa);
     }
-    vecops::values(scores, rows, stride, head.v, hd, seen, out);
+    vecops::values(isa, scores, rows, stride, head.v, hd, seen, out);
 }
 
 /// The attention output `[1, n_kv_heads, g * t, head_dim]` (see [`AttentionInput`]).

@@ -98,6 +98,12 @@ impl Isa {
         matches!(self.0, Kind::Avx2 | Kind::AvxVnni | Kind::Avx512Vnni)
     }
 
+    /// Whether this token allows 512-bit f32 kernels (proof that the CPU has AVX-512 F besides
+    /// the AVX2 set): only the AVX-512 VNNI token.
+    pub fn is_avx512(self) -> bool {
+        matches!(self.0, Kind::Avx512Vnni)
+    }
+
     /// The name used in logs and benchmark reports.
     pub fn name(self) -> &'static str {
         match self.0 {
@@ -123,9 +129,11 @@ mod tests {
         let has = false;
         assert_eq!(Isa::avx2().is_some(), has);
         assert!(!Isa::portable().is_avx2());
+        assert!(!Isa::portable().is_avx512());
         assert_eq!(Isa::portable().name(), "portable");
         if let Some(isa) = Isa::avx2() {
             assert!(isa.is_avx2());
+            assert!(!isa.is_avx512(), "the AVX2 token allows no 512-bit kernels");
             assert_eq!(isa.name(), "avx2");
         } else {
             eprintln!("skipped: this CPU has no AVX2 + FMA + F16C, so no AVX2 token can exist");
@@ -173,6 +181,7 @@ mod tests {
                     isa.is_avx2(),
                     "an AVX-512 VNNI CPU has the AVX2 kernels too"
                 );
+                assert!(isa.is_avx512());
                 if std::env::var("LABELMILL_QGEMM_ISA").is_err() {
                     assert_eq!(Isa::detect(), isa, "detection prefers AVX-512 VNNI");
                 }

@@ -11,6 +11,9 @@
 
 use super::isa::Isa;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 /// Queries per block.
 pub const QB: usize = 4;
 
@@ -19,8 +22,10 @@ const LANES: usize = 8;
 
 /// `out[r·stride + j] = Σ_c q[r·hd + c] · kt[c·stride + j]` for the `rows` queries of `q` (at
 /// most [`QB`]) and keys `j < keys`. `kt` holds the keys transposed, `hd` rows of `stride` values
-/// (`stride` a multiple of 8, keys past `keys` zero).
+/// (`stride` a multiple of 8, keys past `keys` zero). Every instruction set gives the same bits.
+#[allow(clippy::too_many_arguments)]
 pub fn scores(
+    isa: Isa,
     q: &[f32],
     rows: usize,
     kt: &[f32],
@@ -32,12 +37,20 @@ pub fn scores(
     assert!(rows <= QB && q.len() >= rows * hd && out.len() >= rows * stride);
     assert!(stride.is_multiple_of(LANES) && keys <= stride && kt.len() >= hd * stride);
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect().is_avx2() {
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only after run-time detection (`engine::isa`); the
+        // extents are asserted above.
+        unsafe { avx512::scores(q, rows, kt, hd, stride, keys, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx2() {
         // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the extents
         // are asserted above.
         unsafe { avx2::scores(q, rows, kt, hd, stride, keys, out) };
         return;
     }
+    let _ = isa;
     for r in 0..rows {
         for j in 0..keys {
             let mut s = 0f32;
@@ -50,8 +63,11 @@ pub fn scores(
 }
 
 /// `out[r·hd + c] = Σ_{j < keys} p[r·stride + j] · v[j·hd + c]` for `rows` (at most [`QB`])
-/// rows of weights `p` over values `v` (`keys` rows of `hd`).
+/// rows of weights `p` over values `v` (`keys` rows of `hd`). Every instruction set gives the
+/// same bits.
+#[allow(clippy::too_many_arguments)]
 pub fn values(
+    isa: Isa,
     p: &[f32],
     rows: usize,
     stride: usize,
@@ -63,12 +79,20 @@ pub fn values(
     assert!(rows <= QB && p.len() >= rows * stride && out.len() >= rows * hd);
     assert!(keys <= stride && v.len() >= keys * hd);
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect().is_avx2() && hd.is_multiple_of(LANES) {
+    if isa.is_avx512() && hd.is_multiple_of(LANES) {
+        // SAFETY: an AVX-512 `Isa` exists only after run-time detection (`engine::isa`); the
+        // extents are asserted above.
+        unsafe { avx512::values(p, rows, stride, v, hd, keys, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx2() && hd.is_multiple_of(LANES) {
         // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the extents
         // are asserted above.
         unsafe { avx2::values(p, rows, stride, v, hd, keys, out) };
         return;
     }
+    let _ = isa;
     for r in 0..rows {
         for c in 0..hd {
             let mut s = 0f32;
@@ -211,9 +235,9 @@ mod tests {
         let (q, k, v) = (data(3 * hd, 1), data(n * hd, 2), data(n * hd, 3));
         let kt = transpose(&k, n, hd, stride);
         let mut s = vec![0f32; 3 * stride];
-        scores(&q, 3, &kt, hd, stride, n, &mut s);
+        scores(Isa::detect(), &q, 3, &kt, hd, stride, n, &mut s);
         let mut o = vec![0f32; 3 * hd];
-        values(&s, 3, stride, &v, hd, n, &mut o);
+        values(Isa::detect(), &s, 3, stride, &v, hd, n, &mut o);
         for r in 0..3 {
             for j in 0..n {
                 let want: f64 = (0..hd)
@@ -239,12 +263,30 @@ mod tests {
         let one = |rows: usize, keys: usize, stride: usize| {
             let kt = transpose(&k, keys, hd, stride);
             let mut s = vec![0f32; rows * stride];
-            scores(&q[..rows * hd], rows, &kt, hd, stride, keys, &mut s);
+            scores(
+                Isa::detect(),
+                &q[..rows * hd],
+                rows,
+                &kt,
+                hd,
+                stride,
+                keys,
+                &mut s,
+            );
             // Weights: the first 13 keys visible to query 0, the rest zero.
             let mut p = vec![0f32; rows * stride];
             p[..13].copy_from_slice(&s[..13]);
             let mut o = vec![0f32; rows * hd];
-            values(&p, rows, stride, &v[..keys * hd], hd, keys, &mut o);
+            values(
+                Isa::detect(),
+                &p,
+                rows,
+                stride,
+                &v[..keys * hd],
+                hd,
+                keys,
+                &mut o,
+            );
             (s[..13].to_vec(), o[..hd].to_vec())
         };
         let alone = one(1, 13, 16);
@@ -253,6 +295,50 @@ mod tests {
             let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&s), bits(&alone.0), "scores, {rows} rows {keys} keys");
             assert_eq!(bits(&o), bits(&alone.1), "values, {rows} rows {keys} keys");
+        }
+    }
+
+    /// The AVX-512, AVX2 and portable code give the same bits, at head widths and key counts that
+    /// take every step of the vector loops (whole registers, one register, an 8-lane tail).
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let mut isas = vec![Isa::portable()];
+        match Isa::avx2() {
+            Some(i) => isas.push(i),
+            None => {
+                eprintln!("skipped: no AVX2 + FMA on this CPU, so AVX2 attention products untested")
+            }
+        }
+        match Isa::avx512_vnni() {
+            Some(i) => isas.push(i),
+            None => {
+                eprintln!("skipped: no AVX-512 on this CPU, so 512-bit attention products untested")
+            }
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (hd, keys) in [
+            (64usize, 77usize),
+            (128, 40),
+            (80, 16),
+            (72, 9),
+            (64, 8),
+            (96, 33),
+        ] {
+            let stride = keys.next_multiple_of(8);
+            let (q, k, v) = (data(QB * hd, hd), data(keys * hd, keys), data(keys * hd, 7));
+            let kt = transpose(&k, keys, hd, stride);
+            let run = |isa: Isa| {
+                let mut s = vec![0f32; QB * stride];
+                scores(isa, &q, QB, &kt, hd, stride, keys, &mut s);
+                let mut o = vec![0f32; QB * hd];
+                values(isa, &s, QB, stride, &v, hd, keys, &mut o);
+                let s: Vec<f32> = s.chunks(stride).flat_map(|r| r[..keys].to_vec()).collect();
+                (bits(&s), bits(&o))
+            };
+            let want = run(isas[0]);
+            for &isa in &isas[1..] {
+                assert_eq!(run(isa), want, "{} at hd {hd}, {keys} keys", isa.name());
+            }
         }
     }
 }

@@ -43,11 +43,12 @@ struct Head<'a> {
 
 /// Queries `i0..i0 + rows` of `head` into `out` (`rows × hd`): scores against the keys any of them
 /// sees, the mask, one softmax per query over its padded row, then the weighted values. `masks`
-/// gives each query's mask row over the row part of the keys.
+/// gives each query's mask row over the row part of the keys, `visible` how many of those keys
+/// (from the first) any of the block's queries sees.
 fn query_block(
     head: &Head,
     (i0, rows): (usize, usize),
-    masks: &[&[f32]],
+    (masks, visible): (&[&[f32]], usize),
     scores: &mut [f32],
     out: &mut [f32],
     scale: f32,
@@ -55,16 +56,7 @@ fn query_block(
 ) {
     let (hd, p, stride) = (head.hd, head.p, head.stride);
     // Keys past the last one any query of the block sees carry weight 0 for all of them.
-    let seen = masks
-        .iter()
-        .map(|m| {
-            p + m
-                .iter()
-                .rposition(|v| *v != f32::NEG_INFINITY)
-                .map_or(0, |j| j + 1)
-        })
-        .max()
-        .unwrap_or(p);
+    let seen = p + visible;
     let computed = seen.next_multiple_of(8).min(stride);
     let q = &head.q[i0 * hd..(i0 + rows) * hd];
     vecops::scores(isa, q, rows, head.kt, hd, stride, computed, scores);
@@ -131,6 +123,17 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     // Pieces are (kv head, block of queries): models have few kv heads (SmolLM2 3, LLaMA 2 70B 8),
     // so heads alone leave a thread idle for a whole head's time. Every query's arithmetic is its
     // own, so how the queries are split changes no bit.
+    // How far into the row part each mask row sees (past its last visible key, all -inf):
+    // found once per call, not once per query head.
+    let visible: Vec<usize> = mask_s
+        .chunks_exact(s.max(1))
+        .take(t)
+        .map(|m| {
+            m.iter()
+                .rposition(|v| *v != f32::NEG_INFINITY)
+                .map_or(0, |j| j + 1)
+        })
+        .collect();
     let blocks = gt.div_ceil(QUERY_PIECE);
     candle_core::utils::barrier_pool().execute_chunked(n_kv * blocks, |pieces| {
         let mut scores = vec![f32::NEG_INFINITY; QB * stride];
@@ -174,8 +177,17 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
                 let masks: Vec<&[f32]> = (i0..i0 + rows)
                     .map(|i| &mask_s[(i % t) * s..(i % t + 1) * s])
                     .collect();
+                let seen = (i0..i0 + rows).map(|i| visible[i % t]).max().unwrap_or(0);
                 let o = &mut oh[(i0 - queries.start) * hd..(i0 - queries.start + rows) * hd];
-                query_block(&head, (i0, rows), &masks, &mut scores, o, scale, isa);
+                query_block(
+                    &head,
+                    (i0, rows),
+                    (&masks, seen),
+                    &mut scores,
+                    o,
+                    scale,
+                    isa,
+                );
             }
         }
     });

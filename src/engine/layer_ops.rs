@@ -1,18 +1,22 @@
 //! The element-wise steps between a layer's products: RMS norm fused with the residual add, the
-//! rotary embedding written straight into head-major order, and the heads merged back into rows.
+//! rotary embedding written straight into head-major order, the heads merged back into rows, and
+//! the gated SiLU of separate gate and up products.
 //!
 //! On the CPU each is one pass over plain slices, split over candle's compute pool, instead of
 //! candle's chain of ops (a copy per reshape, an allocation per op, and rayon's own pool for the
 //! norm and the rotation, whose threads then compete with the compute pool's for the same cores).
 //! The arithmetic is candle's, expression for expression (`rms_norm`, `rope_i`, `+`), so the
-//! results are the same bits. Other devices run candle's ops.
+//! results are the same bits; the gated SiLU is `engine::vmath`'s, the fused kernel's (within a
+//! few ulp of candle's `silu`, whose libm `exp` differs). Other devices run candle's ops.
 
 use std::ops::Range;
 
 use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
+use super::isa::Isa;
 use super::shared_out::SharedMut;
+use super::vmath;
 
 /// Rows per work piece: the passes are light, so pieces stay large.
 const ROWS_PER_PIECE: usize = 16;
@@ -223,6 +227,37 @@ pub(crate) fn merge_heads(outs: &[Tensor], heads: usize, hd: usize) -> Result<Te
     }
 }
 
+/// `SiLU(gate) · up` for two products of one shape, with the same arithmetic as the fused
+/// gate-and-up kernel (`qgemm::matmul_swiglu`), so a layer gets the same bits either way.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!(
+            "gate {:?} and up {:?} differ in shape",
+            gate.dims(),
+            up.dims()
+        )
+    }
+    let width = gate.dims().last().copied().unwrap_or(1).max(1);
+    let done = with_cpu_f32(up, |us| {
+        with_cpu_f32(gate, |gs| {
+            let mut out = gs.to_vec();
+            let ptr = SharedMut::new(&mut out);
+            let isa = Isa::detect();
+            rows_on_pool(gs.len() / width, |rows| {
+                let span = rows.start * width..rows.end * width;
+                // SAFETY: each piece writes its own rows only (disjoint row ranges).
+                let dst = unsafe { ptr.part(span.start, span.len()) };
+                vmath::silu_mul(isa, dst, &us[span]);
+            });
+            out
+        })
+    })?;
+    match done.transpose()?.flatten() {
+        Some(out) => Tensor::from_vec(out, gate.shape(), gate.device()),
+        None => candle_nn::ops::silu(gate)? * up,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +327,29 @@ mod tests {
             .reshape((7, heads * hd))
             .unwrap();
         assert_eq!(bits(&merge_heads(&outs, heads, hd).unwrap()), bits(&want));
+    }
+
+    #[test]
+    fn the_gated_silu_is_vmaths_row_for_row_and_near_candles() {
+        let (g, u) = (random(&[70, 40], 9), random(&[70, 40], 10));
+        let got: Vec<f32> = swiglu(&g, &u)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut want: Vec<f32> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let uv: Vec<f32> = u.flatten_all().unwrap().to_vec1().unwrap();
+        vmath::silu_mul(Isa::portable(), &mut want, &uv);
+        assert_eq!(got, want);
+        let candle = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+        let candle: Vec<f32> = candle.flatten_all().unwrap().to_vec1().unwrap();
+        for (a, b) in got.iter().zip(&candle) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{a} against candle's {b}"
+            );
+        }
+        assert!(swiglu(&g, &random(&[70, 41], 11)).is_err());
     }
 }

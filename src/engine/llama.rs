@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::{attend, AttentionInput};
 use super::kv::{KvCache, LayerKv};
-use super::layer_ops::{merge_heads, to_heads, Norm};
+use super::layer_ops::{merge_heads, swiglu, to_heads, Norm};
 use super::load::{GgufFile, Hparams, LoadError};
 use super::lora::ActiveLora;
 use super::matmul::{Linear, WeightFormat};
@@ -195,7 +195,7 @@ impl Llama {
                         .expect("two products");
                 let gate = ActiveLora::add(lora, i, 4, &h_ffn, gate)?;
                 let up = ActiveLora::add(lora, i, 5, &h_ffn, up)?;
-                (candle_nn::ops::silu(&gate)? * up)?
+                swiglu(&gate, &up)?
             } else {
                 Linear::forward_swiglu(&blk.w_gate, &blk.w_up, &h_ffn)?
             };

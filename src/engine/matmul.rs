@@ -268,7 +268,7 @@ impl Linear {
                 })?;
                 Tensor::from_vec(out, dims, x.device())
             }
-            _ => candle_nn::ops::silu(&gate.forward(x)?)? * up.forward(x)?,
+            _ => super::layer_ops::swiglu(&gate.forward(x)?, &up.forward(x)?),
         }
     }
 }

@@ -30,6 +30,7 @@ pub(crate) mod softmax;
 pub mod thread;
 pub mod tokenizer;
 pub(crate) mod vecops;
+pub(crate) mod vmath;
 
 use std::ops::Range;
 use std::path::Path;

@@ -1,12 +1,12 @@
 //! Row softmax of scaled attention scores on the CPU: one pass instead of candle's five ops (max,
-//! sub, exp, sum, div), with a vectorised `exp` (AVX2 + FMA, chosen at run time) instead of one
-//! libm call per score. `-inf` entries (masked keys) get exactly 0.
+//! sub, exp, sum, div), with `engine::vmath`'s `exp` (vectorised with AVX2 + FMA, chosen at run time) instead
+//! of one libm call per score. `-inf` entries (masked keys) get exactly 0.
 
 use super::isa::Isa;
 
 /// One row in place: `x ← softmax(scale · x)`.
 pub fn softmax_row(x: &mut [f32], scale: f32, isa: Isa) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+    let max = row_max(x, isa);
     if max == f32::NEG_INFINITY {
         // Nothing visible: no weights (never the case for the engine's masks).
         x.fill(0.0);
@@ -15,6 +15,18 @@ pub fn softmax_row(x: &mut [f32], scale: f32, isa: Isa) {
     let sum = exp_shifted(x, scale, max, isa);
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The largest entry (`-inf` for none): the same value in any order, so vectors may take it.
+fn row_max(x: &[f32], isa: Isa) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa.is_avx2() {
+        // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the kernel
+        // reads `x` within its length.
+        return unsafe { avx2::max(x) };
+    }
+    let _ = isa;
+    x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v))
 }
 
 /// `x ← exp(scale · (x − max))`, returning the sum.
@@ -28,7 +40,7 @@ fn exp_shifted(x: &mut [f32], scale: f32, max: f32, isa: Isa) -> f32 {
     let _ = isa;
     let mut sum = 0f32;
     for v in x.iter_mut() {
-        *v = (scale * (*v - max)).exp();
+        *v = super::vmath::exp(scale * (*v - max));
         sum += *v;
     }
     sum
@@ -38,9 +50,29 @@ fn exp_shifted(x: &mut [f32], scale: f32, max: f32, isa: Isa) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `x ← exp(scale · (x − max))`, returning the sum. `exp` is Cephes' single-precision scheme: 2ⁿ
-    /// times a degree-7 polynomial on the remainder (about 1 ulp); arguments below −87.3 (masked
-    /// keys, `-inf`) give exactly 0.
+    use crate::engine::vmath::{self, avx2::exp};
+
+    /// The largest entry of `x` (`-inf` for none; scores are never NaN).
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn max(x: &[f32]) -> f32 {
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        let chunks = x.len() / 8;
+        for c in 0..chunks {
+            m = _mm256_max_ps(m, _mm256_loadu_ps(x.as_ptr().add(c * 8)));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        lanes
+            .iter()
+            .chain(&x[chunks * 8..])
+            .fold(f32::NEG_INFINITY, |a, &v| a.max(v))
+    }
+
+    /// `x ← exp(scale · (x − max))`, returning the sum, with [`vmath`]'s `exp` (arguments below
+    /// −87.3, masked keys' `-inf`, give exactly 0).
     ///
     /// # Safety
     /// AVX2 and FMA.
@@ -59,44 +91,11 @@ mod avx2 {
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         let mut sum: f32 = lanes.iter().sum();
         for xi in x.iter_mut().skip(chunks * 8) {
-            // The tail through the same formula, one lane used.
-            let e = exp(_mm256_set1_ps(scale * (*xi - max)));
-            *xi = _mm_cvtss_f32(_mm256_castps256_ps128(e));
+            // The tail through the same formula, one lane at a time.
+            *xi = vmath::exp(scale * (*xi - max));
             sum += *xi;
         }
         sum
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp(x: __m256) -> __m256 {
-        let lo = _mm256_set1_ps(-87.336_55);
-        let under = _mm256_cmp_ps::<_CMP_LT_OQ>(x, lo);
-        let x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.376_26));
-        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-        let n =
-            _mm256_round_ps::<NEAREST>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
-        // r = x − n·ln2, with ln2 split in two so the product is exact.
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-        }
-        let p = _mm256_add_ps(
-            _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
-            _mm256_set1_ps(1.0),
-        );
-        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-            _mm256_cvtps_epi32(n),
-            _mm256_set1_epi32(127),
-        )));
-        _mm256_andnot_ps(under, _mm256_mul_ps(p, pow2))
     }
 }
 

@@ -7,6 +7,7 @@ use super::pack::{Packed, TILE};
 use super::run::{piece_rows, Pieces, Single, TileOp, WIDE};
 use crate::engine::isa::Isa;
 use crate::engine::shared_out::SharedMut;
+use crate::engine::vmath;
 
 /// `x W_jᵀ` for every matrix `W_j` (all of width `k`): one `m × n_j` output each.
 pub fn matmul_many(ws: &[&Packed], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32>> {
@@ -79,11 +80,6 @@ struct SwiGlu<'a> {
     up: Single<'a>,
 }
 
-/// `v · σ(v)`, as candle's `silu` computes it.
-fn silu(v: f32) -> f32 {
-    v / (1.0 + (-v).exp())
-}
-
 impl TileOp for SwiGlu<'_> {
     fn n(&self) -> usize {
         self.gate.n()
@@ -94,15 +90,30 @@ impl TileOp for SwiGlu<'_> {
     }
 
     fn rows<const R: usize>(&self, t: usize, i0: usize) -> [[f32; TILE]; R] {
-        combine(self.gate.rows::<R>(t, i0), self.up.rows::<R>(t, i0))
+        combine(
+            self.gate.isa,
+            self.gate.rows::<R>(t, i0),
+            self.up.rows::<R>(t, i0),
+        )
     }
 
     fn rows2<const R: usize>(&self, t: usize, i0: usize) -> [[f32; WIDE]; R] {
-        combine(self.gate.rows2::<R>(t, i0), self.up.rows2::<R>(t, i0))
+        combine(
+            self.gate.isa,
+            self.gate.rows2::<R>(t, i0),
+            self.up.rows2::<R>(t, i0),
+        )
     }
 }
 
-/// `SiLU(g) · u`, element by element.
-fn combine<const R: usize, const W: usize>(g: [[f32; W]; R], u: [[f32; W]; R]) -> [[f32; W]; R] {
-    std::array::from_fn(|i| std::array::from_fn(|c| silu(g[i][c]) * u[i][c]))
+/// `SiLU(g) · u`, element by element, as [`vmath::silu_mul`] computes it for separate products.
+fn combine<const R: usize, const W: usize>(
+    isa: Isa,
+    mut g: [[f32; W]; R],
+    u: [[f32; W]; R],
+) -> [[f32; W]; R] {
+    for (gi, ui) in g.iter_mut().zip(&u) {
+        vmath::silu_mul(isa, gi, ui);
+    }
+    g
 }

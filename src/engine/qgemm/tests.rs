@@ -314,13 +314,22 @@ fn the_fused_gate_equals_silu_of_the_gate_times_up_exactly() {
         let (mut gv, mut uv) = (vec![0f32; m * n], vec![0f32; m * n]);
         matmul(&g, &x, m, &mut gv, isa);
         matmul(&u, &x, m, &mut uv, isa);
-        let t = |v: Vec<f32>| Tensor::from_vec(v, (m, n), &Device::Cpu).unwrap();
-        let want = (candle_nn::ops::silu(&t(gv)).unwrap() * t(uv))
+        let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), (m, n), &Device::Cpu).unwrap();
+        let candle = (candle_nn::ops::silu(&t(&gv)).unwrap() * t(&uv))
             .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
+        // Exactly what the separate products' path (LoRA layers) computes from the same products.
+        let mut want = gv;
+        crate::engine::vmath::silu_mul(isa, &mut want, &uv);
         assert_eq!(fused, want, "{isa:?}");
+        for (a, b) in fused.iter().zip(&candle) {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "{isa:?}: {a} vs candle's {b}"
+            );
+        }
     }
 }

@@ -120,9 +120,6 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     // falls in the vector lane its position gives, so a query's softmax sums in the same order
     // whatever the row's total width.
     let stride = width.next_multiple_of(8);
-    // Pieces are (kv head, block of queries): models have few kv heads (SmolLM2 3, LLaMA 2 70B 8),
-    // so heads alone leave a thread idle for a whole head's time. Every query's arithmetic is its
-    // own, so how the queries are split changes no bit.
     // How far into the row part each mask row sees (past its last visible key, all -inf):
     // found once per call, not once per query head.
     let visible: Vec<usize> = mask_s
@@ -134,6 +131,9 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
                 .map_or(0, |j| j + 1)
         })
         .collect();
+    // Pieces are (kv head, block of queries): models have few kv heads (SmolLM2 3, LLaMA 2 70B 8),
+    // so heads alone leave a thread idle for a whole head's time. Every query's arithmetic is its
+    // own, so how the queries are split changes no bit.
     let blocks = gt.div_ceil(QUERY_PIECE);
     candle_core::utils::barrier_pool().execute_chunked(n_kv * blocks, |pieces| {
         let mut scores = vec![f32::NEG_INFINITY; QB * stride];

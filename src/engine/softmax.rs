@@ -1,6 +1,6 @@
 //! Row softmax of scaled attention scores on the CPU: one pass instead of candle's five ops (max,
-//! sub, exp, sum, div), with `engine::vmath`'s `exp` (vectorised with AVX2 + FMA, chosen at run time) instead
-//! of one libm call per score. `-inf` entries (masked keys) get exactly 0.
+//! sub, exp, sum, div), with `engine::vmath`'s `exp` (vectorised with AVX2 + FMA, chosen at run
+//! time) instead of one libm call per score. `-inf` entries (masked keys) get exactly 0.
 
 use super::isa::Isa;
 

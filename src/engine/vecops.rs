@@ -144,18 +144,35 @@ mod avx2 {
             j0 += 2 * LANES;
         }
         while j0 < keys {
-            let mut acc = [_mm256_setzero_ps(); QB];
-            for c in 0..hd {
-                let k = _mm256_loadu_ps(kt.as_ptr().add(c * stride + j0));
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.get_unchecked(r * hd + c)), k, *a);
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                // Lanes past `keys` hold products with the zero padding: written, then ignored.
-                _mm256_storeu_ps(out.as_mut_ptr().add(r * stride + j0), *a);
-            }
+            scores8(q, rows, kt, (hd, stride), j0, out);
             j0 += LANES;
+        }
+    }
+
+    /// Scores of `rows` queries for the eight keys from `j0` (also the AVX-512 code's tail).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `kt` holds `hd` rows of `stride ≥ j0 + 8` values, `q` `rows · hd`, `out`
+    /// `rows` rows of `stride`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores8(
+        q: &[f32],
+        rows: usize,
+        kt: &[f32],
+        (hd, stride): (usize, usize),
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); QB];
+        for c in 0..hd {
+            let k = _mm256_loadu_ps(kt.as_ptr().add(c * stride + j0));
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.get_unchecked(r * hd + c)), k, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            // Lanes past `keys` hold products with the zero padding: written, then ignored.
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * stride + j0), *a);
         }
     }
 
@@ -193,17 +210,36 @@ mod avx2 {
             c0 += 2 * LANES;
         }
         while c0 < hd {
-            let mut acc = [_mm256_setzero_ps(); QB];
-            for j in 0..keys {
-                let vv = _mm256_loadu_ps(v.as_ptr().add(j * hd + c0));
-                for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*p.get_unchecked(r * stride + j)), vv, *a);
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(rows) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(r * hd + c0), *a);
-            }
+            values8(p, rows, (stride, keys), v, hd, c0, out);
             c0 += LANES;
+        }
+    }
+
+    /// Values of `rows` weight rows for the eight columns from `c0` (also the AVX-512 code's
+    /// tail).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `v` holds `keys` rows of `hd ≥ c0 + 8`, `p` `rows` rows of `stride ≥ keys`,
+    /// `out` `rows · hd`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn values8(
+        p: &[f32],
+        rows: usize,
+        (stride, keys): (usize, usize),
+        v: &[f32],
+        hd: usize,
+        c0: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); QB];
+        for j in 0..keys {
+            let vv = _mm256_loadu_ps(v.as_ptr().add(j * hd + c0));
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(*p.get_unchecked(r * stride + j)), vv, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate().take(rows) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(r * hd + c0), *a);
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{LANES, QB};
+use super::{avx2, LANES, QB};
 
 /// Keys per 512-bit vector.
 const WIDE: usize = 2 * LANES;
@@ -66,16 +66,7 @@ pub unsafe fn scores(
         j0 += WIDE;
     }
     if j0 < end {
-        let mut acc = [_mm256_setzero_ps(); QB];
-        for c in 0..hd {
-            let k = _mm256_loadu_ps(kt.as_ptr().add(c * stride + j0));
-            for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.get_unchecked(r * hd + c)), k, *a);
-            }
-        }
-        for (r, a) in acc.iter().enumerate().take(rows) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * stride + j0), *a);
-        }
+        avx2::scores8(q, rows, kt, (hd, stride), j0, out);
     }
 }
 
@@ -134,15 +125,6 @@ pub unsafe fn values(
         c0 += WIDE;
     }
     if c0 < hd {
-        let mut acc = [_mm256_setzero_ps(); QB];
-        for j in 0..keys {
-            let vv = _mm256_loadu_ps(v.as_ptr().add(j * hd + c0));
-            for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                *a = _mm256_fmadd_ps(_mm256_set1_ps(*p.get_unchecked(r * stride + j)), vv, *a);
-            }
-        }
-        for (r, a) in acc.iter().enumerate().take(rows) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * hd + c0), *a);
-        }
+        avx2::values8(p, rows, (stride, keys), v, hd, c0, out);
     }
 }

@@ -15,6 +15,10 @@ pub struct QuantRows {
     pub k: usize,
     /// The int8 values, row-major.
     pub q: Vec<i8>,
+    /// The same values plus 128 as unsigned bytes (`q ^ 0x80`), for kernels that take the
+    /// activations as `vpdpbusd`'s unsigned operand; empty unless asked for
+    /// ([`QuantRows::quantize_with`]).
+    pub qu: Vec<u8>,
     /// `d[i * kb + b]`: the scale of block `b` of row `i` (value = q × d).
     pub d: Vec<f32>,
     /// `ds[i * kb + b]`: the block's sum, `d × Σq` (for the offsets of 4- and 5-bit weights).
@@ -35,7 +39,13 @@ pub(super) struct RowOut<'a> {
 impl QuantRows {
     /// Quantises `x` (`m × k`, row-major) block by block: `d = max|x| / 127`, `q = round(x / d)`
     /// (ties to even, as the SIMD rounding does).
+    #[cfg(test)]
     pub fn quantize(x: &[f32], m: usize, k: usize, isa: Isa) -> Self {
+        Self::quantize_with(x, m, k, isa, false)
+    }
+
+    /// As [`QuantRows::quantize`], with the unsigned copy [`QuantRows::qu`] where `unsigned`.
+    pub fn quantize_with(x: &[f32], m: usize, k: usize, isa: Isa, unsigned: bool) -> Self {
         assert_eq!(x.len(), m * k, "activation buffer is not m × k");
         assert!(
             k.is_multiple_of(BLOCK),
@@ -46,6 +56,8 @@ impl QuantRows {
         let mut d = vec![0f32; m * kb];
         let mut ds = vec![0f32; m * kb];
         let mut half = vec![0i16; m * kb * 2];
+        let mut qu = vec![0u8; if unsigned { m * k } else { 0 }];
+        let ptr_u = SharedMut::new(&mut qu);
         let (ptr_q, ptr_d, ptr_s, ptr_h) = (
             SharedMut::new(&mut q),
             SharedMut::new(&mut d),
@@ -65,12 +77,21 @@ impl QuantRows {
                     }
                 };
                 quantize_row(&x[i * k..(i + 1) * k], out, isa);
+                if unsigned {
+                    // SAFETY: row i's parts again, for this closure call only; the parts written
+                    // above are no longer borrowed.
+                    let (q, u) = unsafe { (ptr_q.part(i * k, k), ptr_u.part(i * k, k)) };
+                    for (u, &v) in u.iter_mut().zip(q.iter()) {
+                        *u = v as u8 ^ 0x80;
+                    }
+                }
             }
         });
         Self {
             m,
             k,
             q,
+            qu,
             d,
             ds,
             half,

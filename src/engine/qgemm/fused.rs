@@ -4,7 +4,7 @@
 
 use super::act::QuantRows;
 use super::pack::{Packed, TILE};
-use super::run::{piece_rows, Pieces, Single, TileOp, WIDE};
+use super::run::{piece_rows, wants_unsigned, Pieces, Single, TileOp, WIDE};
 use crate::engine::isa::Isa;
 use crate::engine::shared_out::SharedMut;
 use crate::engine::vmath;
@@ -18,7 +18,8 @@ pub fn matmul_many(ws: &[&Packed], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32
     if m == 0 {
         return outs;
     }
-    let act = QuantRows::quantize(x, m, k, isa);
+    let unsigned = ws.iter().any(|w| wants_unsigned(w, isa));
+    let act = QuantRows::quantize_with(x, m, k, isa, unsigned);
     let ops: Vec<Single<'_>> = ws.iter().map(|w| Single { w, act: &act, isa }).collect();
     let pieces: Vec<Pieces> = ws.iter().map(|w| Pieces::new(m, w.n)).collect();
     // Matrix j owns the global pieces starts[j]..starts[j + 1].
@@ -51,7 +52,8 @@ pub fn matmul_swiglu(gate: &Packed, up: &Packed, x: &[f32], m: usize, out: &mut 
     if m == 0 || gate.n == 0 {
         return;
     }
-    let act = QuantRows::quantize(x, m, gate.k, isa);
+    let unsigned = wants_unsigned(gate, isa) || wants_unsigned(up, isa);
+    let act = QuantRows::quantize_with(x, m, gate.k, isa, unsigned);
     let op = SwiGlu {
         gate: Single {
             w: gate,

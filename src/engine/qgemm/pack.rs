@@ -30,6 +30,9 @@ pub const TILE: usize = 8;
 pub struct TileQ8 {
     /// Scales of the 8 rows.
     pub d: [f32; TILE],
+    /// `128 · Σq` of each row's block: what a product with the activations shifted to unsigned
+    /// bytes (`x + 128`, the AVX-512 kernel's `vpdpbusd` operand) sums on top of `Σ x · q`.
+    pub wsum: [i32; TILE],
     /// Chunk `c`, row `r`, value `t` at `c * 32 + r * 4 + t`.
     pub qs: [i8; TILE * BLOCK],
 }
@@ -202,6 +205,7 @@ impl Packed {
         let mut tiles = vec![
             TileQ8 {
                 d: [0.0; TILE],
+                wsum: [0; TILE],
                 qs: [0; TILE * BLOCK],
             };
             n.div_ceil(TILE) * kb
@@ -215,6 +219,7 @@ impl Packed {
                 for (j, &v) in src[2..].iter().enumerate() {
                     dst.qs[(j / 4) * 32 + r * 4 + j % 4] = v as i8;
                 }
+                dst.wsum[r] = 128 * src[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
             }
         }
         Ok(Self {

@@ -27,7 +27,7 @@ pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
     if m == 0 || w.n == 0 {
         return;
     }
-    let act = QuantRows::quantize(x, m, w.k, isa);
+    let act = QuantRows::quantize_with(x, m, w.k, isa, wants_unsigned(w, isa));
     let op = Single { w, act: &act, isa };
     let ptr = SharedMut::new(out);
     let pieces = Pieces::new(m, w.n);
@@ -37,6 +37,12 @@ pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
             piece_rows(&op, ptr, rows, tiles);
         }
     });
+}
+
+/// Whether products with `w` on `isa` read the activations as unsigned bytes as well
+/// ([`super::act::QuantRows::qu`]): Q8_0 weights on the AVX-512 VNNI kernels.
+pub(super) fn wants_unsigned(w: &Packed, isa: Isa) -> bool {
+    matches!(w.tiles, Tiles::Q8(_)) && isa.kind() == Kind::Avx512Vnni
 }
 
 /// How an `m × n` product is cut into work pieces: row blocks × tile groups.

@@ -15,7 +15,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use super::isa::Isa;
-use super::shared_out::SharedMut;
+use super::shared_out::{Fresh, SharedMut};
 use super::vmath;
 
 /// Rows per work piece: the passes are light, so pieces stay large.
@@ -67,14 +67,16 @@ impl Norm {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dim = self.scale.len();
         let done = with_cpu_f32(x, |xs| {
-            let mut out = vec![0f32; xs.len()];
-            let ptr = SharedMut::new(&mut out);
+            let out = Fresh::new(xs.len());
             rows_on_pool(xs.len() / dim, |rows| {
-                // SAFETY: each piece writes its own rows only (disjoint row ranges).
-                let dst = unsafe { ptr.part(rows.start * dim, rows.len() * dim) };
-                self.rows(&xs[rows.start * dim..rows.end * dim], dst);
+                let (mut row, mut w) = (vec![0f32; dim], out.writer());
+                for i in rows {
+                    self.row(&xs[i * dim..(i + 1) * dim], &mut row);
+                    // SAFETY: row i is written by this piece only, once (disjoint row ranges).
+                    unsafe { w.write(i * dim, &row) };
+                }
             });
-            out
+            out.into_vec()
         })?;
         match done {
             Some(out) => Tensor::from_vec(out, x.shape(), x.device()),
@@ -89,18 +91,25 @@ impl Norm {
         let done = with_cpu_f32(x, |xs| {
             with_cpu_f32(&y, |ys| {
                 assert_eq!(xs.len(), ys.len(), "residual shapes differ");
-                let (mut sum, mut out) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
-                let (sp, op) = (SharedMut::new(&mut sum), SharedMut::new(&mut out));
+                let (sum, out) = (Fresh::new(xs.len()), Fresh::new(xs.len()));
                 rows_on_pool(xs.len() / dim, |rows| {
-                    let r = rows.start * dim..rows.end * dim;
-                    // SAFETY: each piece writes its own rows only (disjoint row ranges).
-                    let (s, o) = unsafe { (sp.part(r.start, r.len()), op.part(r.start, r.len())) };
-                    for ((s, a), b) in s.iter_mut().zip(&xs[r.clone()]).zip(&ys[r.clone()]) {
-                        *s = a + b;
+                    let (mut s, mut o) = (vec![0f32; dim], vec![0f32; dim]);
+                    let (mut ws, mut wo) = (sum.writer(), out.writer());
+                    for i in rows {
+                        let r = i * dim..(i + 1) * dim;
+                        for ((s, a), b) in s.iter_mut().zip(&xs[r.clone()]).zip(&ys[r.clone()]) {
+                            *s = a + b;
+                        }
+                        self.row(&s, &mut o);
+                        // SAFETY: row i of both buffers is written by this piece only, once
+                        // (disjoint row ranges).
+                        unsafe {
+                            ws.write(r.start, &s);
+                            wo.write(r.start, &o);
+                        }
                     }
-                    self.rows(s, o);
                 });
-                (sum, out)
+                (sum.into_vec(), out.into_vec())
             })
         })?
         .transpose()?
@@ -118,15 +127,13 @@ impl Norm {
         }
     }
 
-    /// Whole rows of `src` into `dst`, as candle's `rms_norm` computes each.
-    fn rows(&self, src: &[f32], dst: &mut [f32]) {
+    /// One row of `src` into `dst`, as candle's `rms_norm` computes it.
+    fn row(&self, src: &[f32], dst: &mut [f32]) {
         let n = self.scale.len();
-        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
-            let sum2 = s.iter().map(|&v| v * v).sum::<f32>();
-            let m = (sum2 / n as f32 + self.eps).sqrt();
-            for ((d, s), a) in d.iter_mut().zip(s).zip(&self.scale) {
-                *d = *s / m * *a;
-            }
+        let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / n as f32 + self.eps).sqrt();
+        for ((d, s), a) in dst.iter_mut().zip(src).zip(&self.scale) {
+            *d = *s / m * *a;
         }
     }
 }
@@ -154,28 +161,28 @@ pub(crate) fn to_heads(
     };
     let done = match cpu_tables {
         Some((cos, sin)) => with_cpu_f32(y, |ys| {
-            let mut out = vec![0f32; ys.len()];
-            let ptr = SharedMut::new(&mut out);
+            let out = Fresh::new(ys.len());
             candle_core::utils::barrier_pool().execute_chunked(heads, |hs| {
+                let (mut d, mut w) = (vec![0f32; hd], out.writer());
                 for h in hs {
-                    // SAFETY: head h's block of the output is written by this piece only.
-                    let dst = unsafe { ptr.part(h * n * hd, n * hd) };
-                    for (i, d) in dst.chunks_exact_mut(hd).enumerate() {
+                    for i in 0..n {
                         let src = &ys[(i * heads + h) * hd..(i * heads + h + 1) * hd];
-                        if rope.is_none() {
-                            d.copy_from_slice(src);
-                            continue;
+                        if rope.is_some() {
+                            let (c, s) = (&cos[i * hd / 2..], &sin[i * hd / 2..]);
+                            for p in 0..hd / 2 {
+                                let (x0, x1) = (src[2 * p], src[2 * p + 1]);
+                                d[2 * p] = x0 * c[p] - x1 * s[p];
+                                d[2 * p + 1] = x0 * s[p] + x1 * c[p];
+                            }
                         }
-                        let (c, s) = (&cos[i * hd / 2..], &sin[i * hd / 2..]);
-                        for p in 0..hd / 2 {
-                            let (x0, x1) = (src[2 * p], src[2 * p + 1]);
-                            d[2 * p] = x0 * c[p] - x1 * s[p];
-                            d[2 * p + 1] = x0 * s[p] + x1 * c[p];
-                        }
+                        let row = if rope.is_some() { &d[..] } else { src };
+                        // SAFETY: head h's block of the output is written by this piece only, one
+                        // token's row at a time, each once.
+                        unsafe { w.write((h * n + i) * hd, row) };
                     }
                 }
             });
-            out
+            out.into_vec()
         })?,
         None => None,
     };

@@ -262,10 +262,7 @@ impl Linear {
                 let (g, u) = (g.weights.as_ref(), u.weights.as_ref());
                 let (dims, m) = out_dims(&x, g.k, g.n)?;
                 out_dims(&x, u.k, u.n)?;
-                let mut out = vec![0f32; m * g.n];
-                with_cpu_f32(&x, |data| {
-                    qgemm::matmul_swiglu(g, u, data, m, &mut out, isa)
-                })?;
+                let out = with_cpu_f32(&x, |data| qgemm::matmul_swiglu(g, u, data, m, isa))?;
                 Tensor::from_vec(out, dims, x.device())
             }
             _ => super::layer_ops::swiglu(&gate.forward(x)?, &up.forward(x)?),

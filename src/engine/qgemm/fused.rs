@@ -6,7 +6,7 @@ use super::act::QuantRows;
 use super::pack::{Packed, TILE};
 use super::run::{piece_rows, wants_unsigned, Pieces, Single, TileOp, WIDE};
 use crate::engine::isa::Isa;
-use crate::engine::shared_out::SharedMut;
+use crate::engine::shared_out::Fresh;
 use crate::engine::vmath;
 
 /// `x W_jᵀ` for every matrix `W_j` (all of width `k`): one `m × n_j` output each.
@@ -14,10 +14,10 @@ pub fn matmul_many(ws: &[&Packed], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32
     let k = ws.first().map_or(0, |w| w.k);
     assert!(ws.iter().all(|w| w.k == k), "the matrices differ in width");
     assert_eq!(x.len(), m * k, "input is not m × k");
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.n]).collect();
     if m == 0 {
-        return outs;
+        return ws.iter().map(|_| Vec::new()).collect();
     }
+    let outs: Vec<Fresh<f32>> = ws.iter().map(|w| Fresh::new(m * w.n)).collect();
     let unsigned = ws.iter().any(|w| wants_unsigned(w, isa));
     let act = QuantRows::quantize_with(x, m, k, isa, unsigned);
     let ops: Vec<Single<'_>> = ws.iter().map(|w| Single { w, act: &act, isa }).collect();
@@ -27,30 +27,27 @@ pub fn matmul_many(ws: &[&Packed], x: &[f32], m: usize, isa: Isa) -> Vec<Vec<f32
     for p in &pieces {
         starts.push(starts[starts.len() - 1] + p.count());
     }
-    let ptrs: Vec<SharedMut<'_, f32>> = outs.iter_mut().map(|o| SharedMut::new(o)).collect();
     let total = starts[starts.len() - 1];
     candle_core::utils::barrier_pool().execute_chunked(total, |chunk| {
         for piece in chunk {
             let j = starts.partition_point(|&s| s <= piece) - 1;
             let (rows, tiles) = pieces[j].get(piece - starts[j]);
-            piece_rows(&ops[j], ptrs[j], rows, tiles);
+            piece_rows(&ops[j], &outs[j], rows, tiles);
         }
     });
-    drop(ptrs);
-    outs
+    outs.into_iter().map(Fresh::into_vec).collect()
 }
 
-/// `SiLU(x Wgᵀ) · (x Wuᵀ)` into `out` (`m × n`): each tile's gate and up columns are computed
-/// together and combined in registers.
-pub fn matmul_swiglu(gate: &Packed, up: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
+/// `SiLU(x Wgᵀ) · (x Wuᵀ)` (`m × n`): each tile's gate and up columns are computed together and
+/// combined in registers.
+pub fn matmul_swiglu(gate: &Packed, up: &Packed, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
     assert!(
         gate.n == up.n && gate.k == up.k,
         "gate and up differ in shape"
     );
     assert_eq!(x.len(), m * gate.k, "input is not m × k");
-    assert_eq!(out.len(), m * gate.n, "output is not m × n");
     if m == 0 || gate.n == 0 {
-        return;
+        return vec![0.0; m * gate.n];
     }
     let unsigned = wants_unsigned(gate, isa) || wants_unsigned(up, isa);
     let act = QuantRows::quantize_with(x, m, gate.k, isa, unsigned);
@@ -66,14 +63,15 @@ pub fn matmul_swiglu(gate: &Packed, up: &Packed, x: &[f32], m: usize, out: &mut 
             isa,
         },
     };
-    let ptr = SharedMut::new(out);
+    let out = Fresh::new(m * gate.n);
     let pieces = Pieces::new(m, gate.n);
     candle_core::utils::barrier_pool().execute_chunked(pieces.count(), |chunk| {
         for piece in chunk {
             let (rows, tiles) = pieces.get(piece);
-            piece_rows(&op, ptr, rows, tiles);
+            piece_rows(&op, &out, rows, tiles);
         }
     });
+    out.into_vec()
 }
 
 /// The gate and up products of one tile, combined.

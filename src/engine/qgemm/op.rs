@@ -45,8 +45,7 @@ impl CustomOp1 for PackedMatMul {
             )
         }
         let m = layout.shape().elem_count() / w.k;
-        let mut out = vec![0f32; m * w.n];
-        matmul(w, &data[start..end], m, &mut out, self.isa);
+        let out = matmul(w, &data[start..end], m, self.isa);
         *dims.last_mut().expect("non-empty") = w.n;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }

@@ -9,7 +9,7 @@ use super::portable;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx2_k, avx512, vnni};
 use crate::engine::isa::{Isa, Kind};
-use crate::engine::shared_out::SharedMut;
+use crate::engine::shared_out::{Fresh, Writer};
 
 /// Activation rows per kernel call (accumulators held in registers).
 const MR: usize = 4;
@@ -20,23 +20,23 @@ const TILE_GROUP: usize = 4;
 /// Output columns of a two-tile kernel call.
 pub(super) const WIDE: usize = 2 * TILE;
 
-/// `out[i * n + j] = Σ_k x[i * k + c] · W[j, c]` for `m` rows of `x`.
-pub fn matmul(w: &Packed, x: &[f32], m: usize, out: &mut [f32], isa: Isa) {
+/// `out[i * n + j] = Σ_k x[i * k + c] · W[j, c]` for `m` rows of `x` (`m × n`, row-major).
+pub fn matmul(w: &Packed, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "input is not m × k");
-    assert_eq!(out.len(), m * w.n, "output is not m × n");
     if m == 0 || w.n == 0 {
-        return;
+        return vec![0.0; m * w.n];
     }
     let act = QuantRows::quantize_with(x, m, w.k, isa, wants_unsigned(w, isa));
     let op = Single { w, act: &act, isa };
-    let ptr = SharedMut::new(out);
+    let out = Fresh::new(m * w.n);
     let pieces = Pieces::new(m, w.n);
     candle_core::utils::barrier_pool().execute_chunked(pieces.count(), |chunk| {
         for piece in chunk {
             let (rows, tiles) = pieces.get(piece);
-            piece_rows(&op, ptr, rows, tiles);
+            piece_rows(&op, &out, rows, tiles);
         }
     });
+    out.into_vec()
 }
 
 /// Whether products with `w` on `isa` read the activations as unsigned bytes as well
@@ -128,14 +128,16 @@ impl TileOp for Single<'_> {
 }
 
 /// One work piece: a block of rows times a group of tiles, `MR` rows per kernel call, tiles in
-/// pairs where the op runs two at once.
+/// pairs where the op runs two at once. Pieces cover the `m × n` output exactly (every row block
+/// × every tile group, the last tile cut at `n`), so a product's pieces write all of `ptr`.
 pub(super) fn piece_rows(
     op: &impl TileOp,
-    ptr: SharedMut<'_, f32>,
+    ptr: &Fresh<f32>,
     rows: Range<usize>,
     tiles: Range<usize>,
 ) {
     let n = op.n();
+    let mut out = ptr.writer();
     let mut t = tiles.start;
     while t < tiles.end {
         let step = if op.wide() && t + 1 < tiles.end { 2 } else { 1 };
@@ -146,10 +148,10 @@ pub(super) fn piece_rows(
             macro_rules! run {
                 ($rows:ident) => {
                     match mr {
-                        4 => put(ptr, n, i0, &cols, &op.$rows::<4>(t, i0)),
-                        3 => put(ptr, n, i0, &cols, &op.$rows::<3>(t, i0)),
-                        2 => put(ptr, n, i0, &cols, &op.$rows::<2>(t, i0)),
-                        _ => put(ptr, n, i0, &cols, &op.$rows::<1>(t, i0)),
+                        4 => put(&mut out, n, i0, &cols, &op.$rows::<4>(t, i0)),
+                        3 => put(&mut out, n, i0, &cols, &op.$rows::<3>(t, i0)),
+                        2 => put(&mut out, n, i0, &cols, &op.$rows::<2>(t, i0)),
+                        _ => put(&mut out, n, i0, &cols, &op.$rows::<1>(t, i0)),
                     }
                 };
             }
@@ -222,16 +224,15 @@ fn tile_rows<const R: usize>(
 
 /// Writes the valid columns of a tile's (or two tiles') results for rows `i0..i0 + R`.
 fn put<const R: usize, const W: usize>(
-    out: SharedMut<'_, f32>,
+    out: &mut Writer<'_, f32>,
     n: usize,
     i0: usize,
     cols: &Range<usize>,
     vals: &[[f32; W]; R],
 ) {
     for (i, row) in vals.iter().enumerate() {
-        // SAFETY: row i0 + i, columns `cols`, is written by this piece only: pieces own disjoint
-        // row blocks × tile groups (the range itself is bounds-checked by `part`).
-        let dst = unsafe { out.part((i0 + i) * n + cols.start, cols.len()) };
-        dst.copy_from_slice(&row[..cols.len()]);
+        // SAFETY: row i0 + i, columns `cols`, is written by this piece only, once: pieces own
+        // disjoint row blocks × tile groups (the range itself is bounds-checked by `write`).
+        unsafe { out.write((i0 + i) * n + cols.start, &row[..cols.len()]) };
     }
 }

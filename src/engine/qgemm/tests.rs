@@ -131,8 +131,7 @@ fn products_equal_the_dequantised_reference_on_the_rounded_activations() {
             let want = reference(&xr, &deq, m, n, k);
             let exact = reference(&x, &deq, m, n, k);
             for isa in isas() {
-                let mut got = vec![0f32; m * n];
-                matmul(&p, &x, m, &mut got, isa);
+                let got = matmul(&p, &x, m, isa);
                 for idx in 0..m * n {
                     let (i, j) = (idx / n, idx % n);
                     // Float rounding scales with the terms summed, offsets included (4-bit types
@@ -171,9 +170,7 @@ fn simd_and_portable_kernels_agree() {
             let (m, n, k) = (37, 45, 512);
             let (p, _) = weights(dtype, n, k, 3);
             let x = random(m * k, 4, 1.0);
-            let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
-            matmul(&p, &x, m, &mut a, isa);
-            matmul(&p, &x, m, &mut b, Isa::portable());
+            let (a, b) = (matmul(&p, &x, m, isa), matmul(&p, &x, m, Isa::portable()));
             for (u, v) in a.iter().zip(&b) {
                 assert!(
                     (u - v).abs() <= 1e-4 * v.abs().max(1.0),
@@ -205,9 +202,7 @@ fn vnni_and_avx2_kernels_agree_to_the_bit() {
                 let (p, _) = weights(dtype, n, k, 11);
                 // Uniform activations: many bytes near ±127, the AVX2 i16 sums near their limits.
                 let x = random(m * k, 12, 50.0);
-                let (mut a, mut b) = (vec![0f32; m * n], vec![0f32; m * n]);
-                matmul(&p, &x, m, &mut a, isa);
-                matmul(&p, &x, m, &mut b, avx2);
+                let (a, b) = (matmul(&p, &x, m, isa), matmul(&p, &x, m, avx2));
                 assert_eq!(a, b, "{dtype:?} {isa:?} m={m} n={n} k={k}");
             }
         }
@@ -295,8 +290,7 @@ fn shared_input_products_equal_separate_ones_exactly() {
     for isa in isas() {
         let many = super::matmul_many(&[&q, &kk, &v], &x, m, isa);
         for (w, got) in [&q, &kk, &v].into_iter().zip(&many) {
-            let mut want = vec![0f32; m * w.n];
-            matmul(w, &x, m, &mut want, isa);
+            let want = matmul(w, &x, m, isa);
             assert_eq!(got, &want, "{isa:?}");
         }
     }
@@ -309,11 +303,8 @@ fn the_fused_gate_equals_silu_of_the_gate_times_up_exactly() {
     let (u, _) = weights(GgmlDType::Q5K, n, k, 5);
     let x = random(m * k, 6, 2.0);
     for isa in isas() {
-        let mut fused = vec![0f32; m * n];
-        super::matmul_swiglu(&g, &u, &x, m, &mut fused, isa);
-        let (mut gv, mut uv) = (vec![0f32; m * n], vec![0f32; m * n]);
-        matmul(&g, &x, m, &mut gv, isa);
-        matmul(&u, &x, m, &mut uv, isa);
+        let fused = super::matmul_swiglu(&g, &u, &x, m, isa);
+        let (gv, uv) = (matmul(&g, &x, m, isa), matmul(&u, &x, m, isa));
         let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), (m, n), &Device::Cpu).unwrap();
         let candle = (candle_nn::ops::silu(&t(&gv)).unwrap() * t(&uv))
             .unwrap()

@@ -1,6 +1,7 @@
 //! Row softmax of scaled attention scores on the CPU: one pass instead of candle's five ops (max,
 //! sub, exp, sum, div), with `engine::vmath`'s `exp` (vectorised with AVX-512 or AVX2 + FMA,
-//! chosen at run time, the same bits either way) instead of one libm call per score. `-inf` entries (masked keys) get exactly 0.
+//! chosen at run time, the same bits either way) instead of one libm call per score. `-inf`
+//! entries (masked keys) get exactly 0.
 
 use super::isa::Isa;
 

@@ -167,15 +167,18 @@ pub(crate) fn to_heads(
                 for h in hs {
                     for i in 0..n {
                         let src = &ys[(i * heads + h) * hd..(i * heads + h + 1) * hd];
-                        if rope.is_some() {
-                            let (c, s) = (&cos[i * hd / 2..], &sin[i * hd / 2..]);
-                            for p in 0..hd / 2 {
-                                let (x0, x1) = (src[2 * p], src[2 * p + 1]);
-                                d[2 * p] = x0 * c[p] - x1 * s[p];
-                                d[2 * p + 1] = x0 * s[p] + x1 * c[p];
+                        let row = match rope {
+                            None => src,
+                            Some(_) => {
+                                let (c, s) = (&cos[i * hd / 2..], &sin[i * hd / 2..]);
+                                for p in 0..hd / 2 {
+                                    let (x0, x1) = (src[2 * p], src[2 * p + 1]);
+                                    d[2 * p] = x0 * c[p] - x1 * s[p];
+                                    d[2 * p + 1] = x0 * s[p] + x1 * c[p];
+                                }
+                                &d[..]
                             }
-                        }
-                        let row = if rope.is_some() { &d[..] } else { src };
+                        };
                         // SAFETY: head h's block of the output is written by this piece only, one
                         // token's row at a time, each once.
                         unsafe { w.write((h * n + i) * hd, row) };

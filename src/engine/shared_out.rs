@@ -58,8 +58,9 @@ impl<'a, T> SharedMut<'a, T> {
     }
 }
 
-/// A new buffer of `len` values, filled by disjoint writes from the pool's threads (each through its own [`Writer`]), without the
-/// serial zeroing pass `vec![0; len]` costs before a parallel call. It counts what is written:
+/// A new buffer of `len` values, filled by disjoint writes from the pool's threads (each through
+/// its own [`Writer`]), without the serial zeroing pass `vec![0; len]` costs before a parallel
+/// call. It counts what is written:
 /// [`Fresh::into_vec`] hands the values out only when the writes covered every element (disjoint
 /// writes whose lengths sum to `len` cover the buffer exactly), and panics otherwise.
 #[derive(Debug)]
@@ -103,7 +104,7 @@ impl<T: Copy> Fresh<T> {
         let written = self.written.load(Ordering::Acquire);
         assert_eq!(written, len, "{written} of {len} values written");
         let mut buf = std::mem::ManuallyDrop::new(self.buf);
-        // SAFETY: disjoint writes (the `write` contract) totalling `len` elements initialised every
+        // SAFETY: disjoint writes (the `Writer::write` contract) totalling `len` elements initialised every
         // element of the buffer, so its `MaybeUninit<T>`s are `T`s of the same layout; the
         // allocation is handed over whole (pointer, length, capacity) and not dropped twice.
         unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast::<T>(), len, buf.capacity()) }

@@ -47,7 +47,7 @@ pub fn matmul_swiglu(gate: &Packed, up: &Packed, x: &[f32], m: usize, isa: Isa) 
     );
     assert_eq!(x.len(), m * gate.k, "input is not m × k");
     if m == 0 || gate.n == 0 {
-        return vec![0.0; m * gate.n];
+        return Vec::new();
     }
     let unsigned = wants_unsigned(gate, isa) || wants_unsigned(up, isa);
     let act = QuantRows::quantize_with(x, m, gate.k, isa, unsigned);

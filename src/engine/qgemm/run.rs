@@ -24,7 +24,7 @@ pub(super) const WIDE: usize = 2 * TILE;
 pub fn matmul(w: &Packed, x: &[f32], m: usize, isa: Isa) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "input is not m × k");
     if m == 0 || w.n == 0 {
-        return vec![0.0; m * w.n];
+        return Vec::new();
     }
     let act = QuantRows::quantize_with(x, m, w.k, isa, wants_unsigned(w, isa));
     let op = Single { w, act: &act, isa };
@@ -129,15 +129,15 @@ impl TileOp for Single<'_> {
 
 /// One work piece: a block of rows times a group of tiles, `MR` rows per kernel call, tiles in
 /// pairs where the op runs two at once. Pieces cover the `m × n` output exactly (every row block
-/// × every tile group, the last tile cut at `n`), so a product's pieces write all of `ptr`.
+/// × every tile group, the last tile cut at `n`), so a product's pieces write all of `buf`.
 pub(super) fn piece_rows(
     op: &impl TileOp,
-    ptr: &Fresh<f32>,
+    buf: &Fresh<f32>,
     rows: Range<usize>,
     tiles: Range<usize>,
 ) {
     let n = op.n();
-    let mut out = ptr.writer();
+    let mut out = buf.writer();
     let mut t = tiles.start;
     while t < tiles.end {
         let step = if op.wide() && t + 1 < tiles.end { 2 } else { 1 };

@@ -14,12 +14,23 @@ use candle_core::{Result, Tensor, D};
 
 pub use super::attention_input::AttentionInput;
 
-/// Returns the attention output `[1, n_kv_heads, g * t, head_dim]`.
+/// Returns the attention output token-major, `[t, n_heads · head_dim]` (query head `h` at columns
+/// `h · head_dim..`): the rows the output projection multiplies.
 pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     if inp.q.device().is_cpu() {
         return super::attention_cpu::attend(inp);
     }
-    attend_candle(inp)
+    token_major(&attend_candle(inp)?, inp.group)
+}
+
+/// `[1, n_kv_heads, g · t, head_dim]` (query head `h · g + j` at rows `j · t..`) as `[t, n_heads ·
+/// head_dim]`.
+fn token_major(o: &Tensor, group: usize) -> Result<Tensor> {
+    let (_, n_kv, gt, hd) = o.dims4()?;
+    let t = gt / group;
+    o.reshape((n_kv * group, t, hd))?
+        .transpose(0, 1)?
+        .reshape((t, n_kv * group * hd))
 }
 
 /// Any device: candle's ops, the two partial softmaxes merged through a shared maximum.
@@ -86,7 +97,8 @@ mod tests {
             .reshape((1, n_kv, g, t, p + t))?
             .broadcast_add(&full_mask)?
             .reshape((1, n_kv, g * t, p + t))?;
-        let want = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+        let want = token_major(&candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?, g)?;
+        assert_eq!(got.dims(), &[t, n_kv * g * hd]);
         let diff = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max abs diff {diff}");
         // The device-independent path gives the same.
@@ -97,7 +109,10 @@ mod tests {
             mask: &mask,
             group: g,
         })?;
-        let diff = (other - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (token_major(&other, g)? - want)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "candle path: max abs diff {diff}");
         Ok(())
     }

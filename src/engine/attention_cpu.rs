@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 use super::attention_input::AttentionInput;
 use super::isa::Isa;
-use super::shared_out::SharedMut;
+use super::shared_out::Fresh;
 use super::softmax::softmax_row;
 use super::vecops::{self, QB};
 
@@ -74,7 +74,8 @@ fn query_block(
     vecops::values(isa, scores, rows, stride, head.v, hd, seen, out);
 }
 
-/// The attention output `[1, n_kv_heads, g * t, head_dim]` (see [`AttentionInput`]).
+/// The attention output token-major, `[t, n_heads · head_dim]` with query head `h` at columns
+/// `h · head_dim..` (see [`AttentionInput`]): the layout the output projection reads.
 pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     let (b, n_kv, gt, hd) = inp.q.dims4()?;
     if b != 1 {
@@ -113,8 +114,8 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
         Some((k, v)) => (values(&k.0, k.1)?, values(&v.0, v.1)?),
         None => (&[], &[]),
     };
-    let mut out = vec![0f32; n_kv * gt * hd];
-    let ptr = SharedMut::new(&mut out);
+    let n_heads = n_kv * inp.group;
+    let out = Fresh::new(t * n_heads * hd);
     let width = p + s;
     // Score rows are padded to whole SIMD vectors with masked (-inf) keys: every visible key then
     // falls in the vector lane its position gives, so a query's softmax sums in the same order
@@ -140,6 +141,7 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
         let mut kt = vec![0f32; hd * stride];
         let mut vbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
         let mut laid = None;
+        let (mut block_out, mut w) = (vec![0f32; QB * hd], out.writer());
         for piece in pieces {
             let (h, b) = (piece / blocks, piece % blocks);
             let rkh = &rk_s[h * s * hd..(h + 1) * s * hd];
@@ -169,16 +171,13 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
                 stride,
             };
             let queries = b * QUERY_PIECE..((b + 1) * QUERY_PIECE).min(gt);
-            // SAFETY: head h's queries `queries` are written by this piece only (pieces are
-            // disjoint (head, block) pairs); `part` bounds-checks the range.
-            let oh = unsafe { ptr.part((h * gt + queries.start) * hd, queries.len() * hd) };
             for i0 in queries.clone().step_by(QB) {
                 let rows = QB.min(queries.end - i0);
                 let masks: Vec<&[f32]> = (i0..i0 + rows)
                     .map(|i| &mask_s[(i % t) * s..(i % t + 1) * s])
                     .collect();
                 let seen = (i0..i0 + rows).map(|i| visible[i % t]).max().unwrap_or(0);
-                let o = &mut oh[(i0 - queries.start) * hd..(i0 - queries.start + rows) * hd];
+                let o = &mut block_out[..rows * hd];
                 query_block(
                     &head,
                     (i0, rows),
@@ -188,10 +187,18 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
                     scale,
                     isa,
                 );
+                for (r, row) in o.chunks_exact(hd).enumerate() {
+                    // Query i0 + r of kv head h is query head h·group + (i0 + r) / t at token
+                    // (i0 + r) % t: its row of the token-major output.
+                    let (g, i) = ((i0 + r) / t, (i0 + r) % t);
+                    // SAFETY: each (query head, token) row is written once, by the one piece that
+                    // holds that query of that kv head (pieces are disjoint (head, block) pairs).
+                    unsafe { w.write((i * n_heads + h * inp.group + g) * hd, row) };
+                }
             }
         }
     });
     drop(guards);
     drop(pre_guards);
-    Tensor::from_vec(out, (1, n_kv, gt, hd), inp.q.device())
+    Tensor::from_vec(out.into_vec(), (t, n_heads * hd), inp.q.device())
 }

@@ -1,6 +1,6 @@
 //! The element-wise steps between a layer's products: RMS norm fused with the residual add, the
-//! rotary embedding written straight into head-major order, the heads merged back into rows, and
-//! the gated SiLU of separate gate and up products.
+//! rotary embedding written straight into head-major order, and the gated SiLU of separate gate
+//! and up products. (The attention writes its output back in token-major rows itself.)
 //!
 //! On the CPU each is one pass over plain slices, split over candle's compute pool, instead of
 //! candle's chain of ops (a copy per reshape, an allocation per op, and rayon's own pool for the
@@ -20,6 +20,38 @@ use super::vmath;
 
 /// Rows per work piece: the passes are light, so pieces stay large.
 const ROWS_PER_PIECE: usize = 16;
+
+/// Rows whose sums of squares are taken together (independent add chains that overlap).
+const NORM_GROUP: usize = 8;
+
+/// `rows` in runs of at most [`NORM_GROUP`].
+fn groups(rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
+    rows.clone()
+        .step_by(NORM_GROUP)
+        .map(move |i| i..(i + NORM_GROUP).min(rows.end))
+}
+
+/// `Σ v²` of each `dim`-long row of `src` (at most [`NORM_GROUP`] rows), each row's squares added
+/// one after another from the first, as candle's `rms_norm` sums them (the same bits), but the rows'
+/// chains interleaved so that one row's add does not wait on the one before.
+fn sums_of_squares(src: &[f32], dim: usize) -> [f32; NORM_GROUP] {
+    let rows = src.len() / dim;
+    assert!(rows <= NORM_GROUP && src.len() == rows * dim);
+    let mut sums = [0f32; NORM_GROUP];
+    if rows == NORM_GROUP {
+        for j in 0..dim {
+            for (r, s) in sums.iter_mut().enumerate() {
+                let v = src[r * dim + j];
+                *s += v * v;
+            }
+        }
+    } else {
+        for (s, row) in sums.iter_mut().zip(src.chunks_exact(dim)) {
+            *s = row.iter().map(|&v| v * v).sum::<f32>();
+        }
+    }
+    sums
+}
 
 /// Runs `f` on row ranges of `n` rows on the compute pool.
 fn rows_on_pool(n: usize, f: impl Fn(Range<usize>) + Sync) {
@@ -70,10 +102,14 @@ impl Norm {
             let out = Fresh::new(xs.len());
             rows_on_pool(xs.len() / dim, |rows| {
                 let (mut row, mut w) = (vec![0f32; dim], out.writer());
-                for i in rows {
-                    self.row(&xs[i * dim..(i + 1) * dim], &mut row);
-                    // SAFETY: row i is written by this piece only, once (disjoint row ranges).
-                    unsafe { w.write(i * dim, &row) };
+                for group in groups(rows) {
+                    let src = &xs[group.start * dim..group.end * dim];
+                    let sums = sums_of_squares(src, dim);
+                    for (r, i) in group.enumerate() {
+                        self.row(&src[r * dim..(r + 1) * dim], sums[r], &mut row);
+                        // SAFETY: row i is written by this piece only, once (disjoint row ranges).
+                        unsafe { w.write(i * dim, &row) };
+                    }
                 }
             });
             out.into_vec()
@@ -93,19 +129,26 @@ impl Norm {
                 assert_eq!(xs.len(), ys.len(), "residual shapes differ");
                 let (sum, out) = (Fresh::new(xs.len()), Fresh::new(xs.len()));
                 rows_on_pool(xs.len() / dim, |rows| {
-                    let (mut s, mut o) = (vec![0f32; dim], vec![0f32; dim]);
+                    let (mut s, mut o) = (vec![0f32; NORM_GROUP * dim], vec![0f32; dim]);
                     let (mut ws, mut wo) = (sum.writer(), out.writer());
-                    for i in rows {
-                        let r = i * dim..(i + 1) * dim;
-                        for ((s, a), b) in s.iter_mut().zip(&xs[r.clone()]).zip(&ys[r.clone()]) {
+                    for group in groups(rows) {
+                        let span = group.start * dim..group.end * dim;
+                        let s = &mut s[..span.len()];
+                        for ((s, a), b) in
+                            s.iter_mut().zip(&xs[span.clone()]).zip(&ys[span.clone()])
+                        {
                             *s = a + b;
                         }
-                        self.row(&s, &mut o);
-                        // SAFETY: row i of both buffers is written by this piece only, once
-                        // (disjoint row ranges).
-                        unsafe {
-                            ws.write(r.start, &s);
-                            wo.write(r.start, &o);
+                        let sums = sums_of_squares(s, dim);
+                        for (r, i) in group.enumerate() {
+                            let row = &s[r * dim..(r + 1) * dim];
+                            self.row(row, sums[r], &mut o);
+                            // SAFETY: row i of both buffers is written by this piece only, once
+                            // (disjoint row ranges).
+                            unsafe {
+                                ws.write(i * dim, row);
+                                wo.write(i * dim, &o);
+                            }
                         }
                     }
                 });
@@ -127,10 +170,10 @@ impl Norm {
         }
     }
 
-    /// One row of `src` into `dst`, as candle's `rms_norm` computes it.
-    fn row(&self, src: &[f32], dst: &mut [f32]) {
+    /// One row of `src` into `dst` given its `Σ v²` ([`sums_of_squares`]), as candle's `rms_norm`
+    /// computes it.
+    fn row(&self, src: &[f32], sum2: f32, dst: &mut [f32]) {
         let n = self.scale.len();
-        let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
         let m = (sum2 / n as f32 + self.eps).sqrt();
         for ((d, s), a) in dst.iter_mut().zip(src).zip(&self.scale) {
             *d = *s / m * *a;
@@ -202,38 +245,6 @@ pub(crate) fn to_heads(
                 None => Ok(t),
             }
         }
-    }
-}
-
-/// Each row's attention output (`[heads, len, hd]`, rows in order) back into token-major
-/// `[n, heads · hd]`.
-pub(crate) fn merge_heads(outs: &[Tensor], heads: usize, hd: usize) -> Result<Tensor> {
-    let dim = heads * hd;
-    let mut merged: Option<Vec<f32>> = Some(Vec::new());
-    let mut n = 0;
-    for o in outs {
-        let len = o.dim(1)?;
-        let start = n;
-        n += len;
-        let Some(m) = merged.as_mut() else { break };
-        m.resize(n * dim, 0.0);
-        let put = with_cpu_f32(o, |os| {
-            for (h, head) in os.chunks_exact(len * hd).enumerate() {
-                for (i, v) in head.chunks_exact(hd).enumerate() {
-                    m[(start + i) * dim + h * hd..][..hd].copy_from_slice(v);
-                }
-            }
-        })?;
-        if put.is_none() {
-            merged = None;
-        }
-    }
-    let device = outs
-        .first()
-        .map_or(candle_core::Device::Cpu, |o| o.device().clone());
-    match merged {
-        Some(m) => Tensor::from_vec(m, (n, dim), &device),
-        None => Tensor::cat(outs, 1)?.transpose(0, 1)?.reshape((n, dim)),
     }
 }
 
@@ -324,19 +335,6 @@ mod tests {
         let got = to_heads(&y, heads, hd, Some((&cos, &sin))).unwrap();
         assert_eq!(got.dims(), want.dims());
         assert_eq!(bits(&got), bits(&want));
-    }
-
-    #[test]
-    fn merged_heads_equal_candles_cat_and_transpose() {
-        let (heads, hd) = (3, 8);
-        let outs = [random(&[heads, 5, hd], 7), random(&[heads, 2, hd], 8)];
-        let want = Tensor::cat(&outs, 1)
-            .unwrap()
-            .transpose(0, 1)
-            .unwrap()
-            .reshape((7, heads * hd))
-            .unwrap();
-        assert_eq!(bits(&merge_heads(&outs, heads, hd).unwrap()), bits(&want));
     }
 
     #[test]

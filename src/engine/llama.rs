@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::attention::{attend, AttentionInput};
 use super::kv::{KvCache, LayerKv};
-use super::layer_ops::{merge_heads, swiglu, to_heads, Norm};
+use super::layer_ops::{swiglu, to_heads, Norm};
 use super::load::{GgufFile, Hparams, LoadError};
 use super::lora::ActiveLora;
 use super::matmul::{Linear, WeightFormat};
@@ -184,7 +184,11 @@ impl Llama {
             let v = to_heads(&v, n_kv, hd, None)?;
             let kv = LayerKv { k, v };
             let outs = self.attend_rows(step, i, &q, &kv, &masks)?;
-            let o = merge_heads(&outs, n_heads, hd)?;
+            // Each row's output is token-major already: rows in order are the layer's rows.
+            let o = match outs.as_slice() {
+                [one] => one.clone(),
+                _ => Tensor::cat(&outs, 0)?,
+            };
             let attn = ActiveLora::add(lora, i, 3, &o, blk.wo.forward(&o)?)?;
             let (x_mid, h_ffn) = blk.ffn_norm.add_forward(&x, &attn)?;
             let gated = if ActiveLora::targets(lora, i, 4) || ActiveLora::targets(lora, i, 5) {
@@ -212,7 +216,7 @@ impl Llama {
         Ok(StepOutput { hidden: x, kv })
     }
 
-    /// Attention of every row of `step` in block `i`: `[n_heads, len, hd]` per row.
+    /// Attention of every row of `step` in block `i`: `[len, n_heads · hd]` per row.
     fn attend_rows(
         &self,
         step: &Step,
@@ -251,7 +255,7 @@ impl Llama {
                 mask,
                 group,
             })?;
-            outs.push(o.reshape((n_heads, len, hd))?);
+            outs.push(o);
         }
         Ok(outs)
     }

@@ -15,7 +15,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
 use super::isa::Isa;
-use super::shared_out::{Fresh, SharedMut};
+use super::shared_out::{Fresh, SharedMut, Writer};
 use super::vmath;
 
 /// Rows per work piece: the passes are light, so pieces stay large.
@@ -32,8 +32,8 @@ fn groups(rows: Range<usize>) -> impl Iterator<Item = Range<usize>> {
 }
 
 /// `Σ v²` of each `dim`-long row of `src` (at most [`NORM_GROUP`] rows), each row's squares added
-/// one after another from the first, as candle's `rms_norm` sums them (the same bits), but the rows'
-/// chains interleaved so that one row's add does not wait on the one before.
+/// one after another from the first, as candle's `rms_norm` sums them (the same bits), but the
+/// rows' chains interleaved so that one row's add does not wait on the one before.
 fn sums_of_squares(src: &[f32], dim: usize) -> [f32; NORM_GROUP] {
     let rows = src.len() / dim;
     assert!(rows <= NORM_GROUP && src.len() == rows * dim);
@@ -104,12 +104,9 @@ impl Norm {
                 let (mut row, mut w) = (vec![0f32; dim], out.writer());
                 for group in groups(rows) {
                     let src = &xs[group.start * dim..group.end * dim];
-                    let sums = sums_of_squares(src, dim);
-                    for (r, i) in group.enumerate() {
-                        self.row(&src[r * dim..(r + 1) * dim], sums[r], &mut row);
-                        // SAFETY: row i is written by this piece only, once (disjoint row ranges).
-                        unsafe { w.write(i * dim, &row) };
-                    }
+                    // SAFETY: the group's rows are written by this piece only, once (disjoint row
+                    // ranges).
+                    unsafe { self.write_group(src, group.start, &mut row, &mut w) };
                 }
             });
             out.into_vec()
@@ -139,16 +136,11 @@ impl Norm {
                         {
                             *s = a + b;
                         }
-                        let sums = sums_of_squares(s, dim);
-                        for (r, i) in group.enumerate() {
-                            let row = &s[r * dim..(r + 1) * dim];
-                            self.row(row, sums[r], &mut o);
-                            // SAFETY: row i of both buffers is written by this piece only, once
-                            // (disjoint row ranges).
-                            unsafe {
-                                ws.write(i * dim, row);
-                                wo.write(i * dim, &o);
-                            }
+                        // SAFETY: the group's rows of both buffers are written by this piece
+                        // only, once (disjoint row ranges).
+                        unsafe {
+                            ws.write(span.start, s);
+                            self.write_group(s, group.start, &mut o, &mut wo);
                         }
                     }
                 });
@@ -170,13 +162,26 @@ impl Norm {
         }
     }
 
-    /// One row of `src` into `dst` given its `Σ v²` ([`sums_of_squares`]), as candle's `rms_norm`
-    /// computes it.
-    fn row(&self, src: &[f32], sum2: f32, dst: &mut [f32]) {
+    /// The rows of `src` (a run from [`groups`], from row `first`), each normalised as candle's
+    /// `rms_norm` computes it, written through `w` at their rows; `row` is one row of scratch.
+    ///
+    /// # Safety
+    /// No other write to `w`'s buffer overlaps rows `first..first + src.len() / dim`.
+    unsafe fn write_group(
+        &self,
+        src: &[f32],
+        first: usize,
+        row: &mut [f32],
+        w: &mut Writer<'_, f32>,
+    ) {
         let n = self.scale.len();
-        let m = (sum2 / n as f32 + self.eps).sqrt();
-        for ((d, s), a) in dst.iter_mut().zip(src).zip(&self.scale) {
-            *d = *s / m * *a;
+        for (r, (x, sum2)) in src.chunks_exact(n).zip(sums_of_squares(src, n)).enumerate() {
+            let m = (sum2 / n as f32 + self.eps).sqrt();
+            for ((d, s), a) in row.iter_mut().zip(x).zip(&self.scale) {
+                *d = *s / m * *a;
+            }
+            // SAFETY: row first + r is one of the rows the caller promises no other write covers.
+            unsafe { w.write((first + r) * n, row) };
         }
     }
 }

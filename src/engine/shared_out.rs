@@ -104,9 +104,10 @@ impl<T: Copy> Fresh<T> {
         let written = self.written.load(Ordering::Acquire);
         assert_eq!(written, len, "{written} of {len} values written");
         let mut buf = std::mem::ManuallyDrop::new(self.buf);
-        // SAFETY: disjoint writes (the `Writer::write` contract) totalling `len` elements initialised every
-        // element of the buffer, so its `MaybeUninit<T>`s are `T`s of the same layout; the
-        // allocation is handed over whole (pointer, length, capacity) and not dropped twice.
+        // SAFETY: disjoint writes (the `Writer::write` contract) totalling `len` elements
+        // initialised every element of the buffer, so its `MaybeUninit<T>`s are `T`s of the same
+        // layout; the allocation is handed over whole (pointer, length, capacity) and not dropped
+        // twice.
         unsafe { Vec::from_raw_parts(buf.as_mut_ptr().cast::<T>(), len, buf.capacity()) }
     }
 }

@@ -36,7 +36,7 @@ fn exp_shifted(x: &mut [f32], scale: f32, max: f32, isa: Isa) -> f32 {
     if isa.is_avx512() {
         // SAFETY: an AVX-512 `Isa` exists only after run-time detection of AVX-512 F besides AVX2
         // and FMA (`engine::isa`); the kernel reads and writes `x` within its length.
-        return unsafe { avx2::exp_shifted_512(x, scale, max) };
+        return unsafe { avx512::exp_shifted(x, scale, max) };
     }
     #[cfg(target_arch = "x86_64")]
     if isa.is_avx2() {
@@ -57,7 +57,7 @@ fn exp_shifted(x: &mut [f32], scale: f32, max: f32, isa: Isa) -> f32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use crate::engine::vmath::{self, avx2::exp, avx512::exp as exp512};
+    use crate::engine::vmath::{self, avx2::exp};
 
     /// The largest entry of `x` (`-inf` for none; scores are never NaN).
     ///
@@ -88,32 +88,12 @@ mod avx2 {
         exp_shifted_from(x, scale, max, 0, _mm256_setzero_ps())
     }
 
-    /// [`exp_shifted`] with 16 lanes at a time, the 8-lane sums in the same order (low half, then
-    /// high half): the same bits.
-    ///
-    /// # Safety
-    /// AVX-512 F besides AVX2 and FMA.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn exp_shifted_512(x: &mut [f32], scale: f32, max: f32) -> f32 {
-        let (s, m) = (_mm512_set1_ps(scale), _mm512_set1_ps(max));
-        let mut acc = _mm256_setzero_ps();
-        let wide = x.len() / 16;
-        for c in 0..wide {
-            let v = _mm512_loadu_ps(x.as_ptr().add(c * 16));
-            let e = exp512(_mm512_mul_ps(s, _mm512_sub_ps(v, m)));
-            _mm512_storeu_ps(x.as_mut_ptr().add(c * 16), e);
-            acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
-            acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps::<1>(e));
-        }
-        exp_shifted_from(x, scale, max, wide * 2, acc)
-    }
-
     /// The rest of [`exp_shifted`] from 8-lane chunk `first`, with the sums so far in `acc`.
     ///
     /// # Safety
     /// AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp_shifted_from(
+    pub(super) unsafe fn exp_shifted_from(
         x: &mut [f32],
         scale: f32,
         max: f32,
@@ -138,6 +118,34 @@ mod avx2 {
             sum += *xi;
         }
         sum
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::exp_shifted_from;
+    use crate::engine::vmath::avx512::exp;
+
+    /// [`super::avx2::exp_shifted`] with 16 lanes at a time, the 8-lane sums in the same order
+    /// (low half, then high half), the rest by the AVX2 code: the same bits.
+    ///
+    /// # Safety
+    /// AVX-512 F besides AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn exp_shifted(x: &mut [f32], scale: f32, max: f32) -> f32 {
+        let (s, m) = (_mm512_set1_ps(scale), _mm512_set1_ps(max));
+        let mut acc = _mm256_setzero_ps();
+        let wide = x.len() / 16;
+        for c in 0..wide {
+            let v = _mm512_loadu_ps(x.as_ptr().add(c * 16));
+            let e = exp(_mm512_mul_ps(s, _mm512_sub_ps(v, m)));
+            _mm512_storeu_ps(x.as_mut_ptr().add(c * 16), e);
+            acc = _mm256_add_ps(acc, _mm512_castps512_ps256(e));
+            acc = _mm256_add_ps(acc, _mm512_extractf32x8_ps::<1>(e));
+        }
+        exp_shifted_from(x, scale, max, wide * 2, acc)
     }
 }
 

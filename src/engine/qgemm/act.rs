@@ -26,14 +26,19 @@ pub struct QuantRows {
     /// `half[(i * kb + b) * 2 + h]`: `Σq` over values `16h..16h + 16` of the block (for the
     /// per-16 offsets and mins of Q3_K and Q2_K; at most 16 · 127 in magnitude).
     pub half: Vec<i16>,
+    /// `centre8[i * kb + b]`: `−8 · Σq` of the block, the integer offset of weights stored as
+    /// `d · (q − 8)` over unsigned nibbles (Q4_0), where the kernels start that block's sums.
+    pub centre8: Vec<i32>,
 }
 
-/// One row's share of a [`QuantRows`]: `k` values, `k / 32` scales and sums, `k / 16` half sums.
+/// One row's share of a [`QuantRows`]: `k` values, `k / 32` scales, sums and offsets, `k / 16`
+/// half sums.
 pub(super) struct RowOut<'a> {
     pub q: &'a mut [i8],
     pub d: &'a mut [f32],
     pub ds: &'a mut [f32],
     pub half: &'a mut [i16],
+    pub centre8: &'a mut [i32],
 }
 
 impl QuantRows {
@@ -56,6 +61,8 @@ impl QuantRows {
         let mut d = vec![0f32; m * kb];
         let mut ds = vec![0f32; m * kb];
         let mut half = vec![0i16; m * kb * 2];
+        let mut centre8 = vec![0i32; m * kb];
+        let ptr_c = SharedMut::new(&mut centre8);
         let mut qu = vec![0u8; if unsigned { m * k } else { 0 }];
         let ptr_u = SharedMut::new(&mut qu);
         let (ptr_q, ptr_d, ptr_s, ptr_h) = (
@@ -74,6 +81,7 @@ impl QuantRows {
                         d: ptr_d.part(i * kb, kb),
                         ds: ptr_s.part(i * kb, kb),
                         half: ptr_h.part(i * kb * 2, kb * 2),
+                        centre8: ptr_c.part(i * kb, kb),
                     }
                 };
                 quantize_row(&x[i * k..(i + 1) * k], out, isa);
@@ -95,6 +103,7 @@ impl QuantRows {
             d,
             ds,
             half,
+            centre8,
         }
     }
 
@@ -131,6 +140,7 @@ fn quantize_row(x: &[f32], out: RowOut<'_>, isa: Isa) {
         out.ds[b] = scale * (sum[0] + sum[1]) as f32;
         out.half[2 * b] = sum[0] as i16;
         out.half[2 * b + 1] = sum[1] as i16;
+        out.centre8[b] = -8 * (sum[0] + sum[1]);
     }
 }
 
@@ -157,6 +167,7 @@ mod tests {
                     .map(|&v| v as i32)
                     .sum();
                 assert_eq!(a.ds[i * 2 + b], a.d[i * 2 + b] * s as f32);
+                assert_eq!(a.centre8[i * 2 + b], -8 * s);
                 for h in 0..2 {
                     let from = i * k + b * BLOCK + h * 16;
                     let s: i32 = a.q[from..from + 16].iter().map(|&v| v as i32).sum();

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::act::{QuantRows, RowOut, BLOCK};
-use super::pack::{TileQ4, TileQ5, TileQ8, TILE};
+use super::pack::{Nibbles, TileQ5, TileQ8, TILE};
 
 /// The kernels' raw reads stay inside `act` and the tile slice: rows `i0..i0 + rows` exist (values,
 /// scales, sums and half sums) and there is one tile block per activation block.
@@ -15,7 +15,7 @@ pub(super) fn assert_extents(tiles: usize, act: &QuantRows, i0: usize, rows: usi
     let (k, kb) = (act.k, act.blocks());
     assert!(tiles == kb && (i0 + rows) * k <= act.q.len());
     assert!((i0 + rows) * kb <= act.d.len() && (i0 + rows) * kb <= act.ds.len());
-    assert!((i0 + rows) * kb * 2 <= act.half.len());
+    assert!((i0 + rows) * kb * 2 <= act.half.len() && (i0 + rows) * kb <= act.centre8.len());
 }
 
 /// Rows `i0..i0 + MR` of `act` times one Q8_0 tile. Q8_0 weights are signed, so the sign trick:
@@ -58,13 +58,14 @@ pub unsafe fn q8_rows<const MR: usize>(
 
 /// Rows `i0..i0 + MR` of `act` times one 4-bit tile. Nibbles are unsigned (0..15), so `maddubs`
 /// applies directly; eight i16 partial sums stay within 8 · 2 · 15 · 127 = 30480, so they are
-/// added as i16 before one widening per block; the offsets come off as `m · Σx`.
+/// added as i16 before one widening per block; the offsets come off as `m · Σx`, or for centred
+/// tiles (Q4_0) as `−8 · Σx` in i32 before the conversion.
 ///
 /// # Safety
 /// As [`q8_rows`].
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn q4_rows<const MR: usize>(
-    tiles: &[TileQ4],
+pub unsafe fn q4_rows<T: Nibbles, const MR: usize>(
+    tiles: &[T],
     act: &QuantRows,
     i0: usize,
 ) -> [[f32; TILE]; MR] {
@@ -77,7 +78,7 @@ pub unsafe fn q4_rows<const MR: usize>(
     for (b, tb) in tiles.iter().enumerate() {
         let mut sums = [_mm256_setzero_si256(); MR];
         for h in 0..4 {
-            let v = _mm256_load_si256(tb.qs.as_ptr().add(h * 32) as *const __m256i);
+            let v = _mm256_load_si256(tb.qs().as_ptr().add(h * 32) as *const __m256i);
             let lo = _mm256_and_si256(v, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             for (i, s) in sums.iter_mut().enumerate() {
@@ -88,8 +89,15 @@ pub unsafe fn q4_rows<const MR: usize>(
                 *s = _mm256_add_epi16(*s, _mm256_maddubs_epi16(hi, xh));
             }
         }
-        let sums = sums.map(|s| _mm256_madd_epi16(s, ones));
-        finish_offset(&mut acc, sums, (&tb.d, &tb.m), act, i0 * kb + b);
+        let mut sums = sums.map(|s| _mm256_madd_epi16(s, ones));
+        if T::CENTRED {
+            for (i, s) in sums.iter_mut().enumerate() {
+                let c = *act.centre8.get_unchecked((i0 + i) * kb + b);
+                *s = _mm256_add_epi32(*s, _mm256_set1_epi32(c));
+            }
+        }
+        let m = (!T::CENTRED).then(|| tb.m());
+        finish_offset(&mut acc, sums, (tb.d(), m), act, i0 * kb + b);
     }
     store(acc)
 }
@@ -141,14 +149,14 @@ pub unsafe fn q5_rows<const MR: usize>(
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
             }
         }
-        finish_offset(&mut acc, sums, (&tb.d, &tb.m), act, i0 * kb + b);
+        finish_offset(&mut acc, sums, (&tb.d, Some(&tb.m)), act, i0 * kb + b);
     }
     store(acc)
 }
 
 /// The 4- and 5-bit types' block finish for each row `i`: `acc + d · dx · s − m · Σx`, with the
 /// row's exact i32 block sum `s`, its activation scale `dx` and block sum `Σx` (`ds`), at index
-/// `at0 + i · kb` of `act`.
+/// `at0 + i · kb` of `act`; without `m` (centred tiles, their offset already in `s`) `acc + d · dx · s`.
 ///
 /// # Safety
 /// AVX2 and FMA; rows `at0 / kb .. + MR` inside `act` (asserted by the callers' extents).
@@ -156,19 +164,21 @@ pub unsafe fn q5_rows<const MR: usize>(
 pub(super) unsafe fn finish_offset<const MR: usize>(
     acc: &mut [__m256; MR],
     sums: [__m256i; MR],
-    (d, m): (&[f32; TILE], &[f32; TILE]),
+    (d, m): (&[f32; TILE], Option<&[f32; TILE]>),
     act: &QuantRows,
     at0: usize,
 ) {
     let kb = act.blocks();
     let dw = _mm256_load_ps(d.as_ptr());
-    let mw = _mm256_load_ps(m.as_ptr());
+    let mw = m.map(|m| _mm256_load_ps(m.as_ptr()));
     for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
         let at = at0 + i * kb;
         let dx = _mm256_set1_ps(*act.d.get_unchecked(at));
-        let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
-        let t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), *a);
-        *a = _mm256_fnmadd_ps(mw, sx, t);
+        *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, dx), *a);
+        if let Some(mw) = mw {
+            let sx = _mm256_set1_ps(*act.ds.get_unchecked(at));
+            *a = _mm256_fnmadd_ps(mw, sx, *a);
+        }
     }
 }
 
@@ -182,7 +192,7 @@ pub(super) unsafe fn store<const MR: usize>(acc: [__m256; MR]) -> [[f32; TILE]; 
 }
 
 /// One row of activations to 8-bit blocks: `d = max|x| / 127`, `q = round(x / d)` (ties to even),
-/// `ds = d · Σq`; the same numbers as the portable code.
+/// `ds = d · Σq`, the half sums and `−8 · Σq`; the same numbers as the portable code.
 ///
 /// # Safety
 /// AVX2 and FMA. (Every read and write goes through a bounds-checked slice or `chunks_exact`.)
@@ -234,6 +244,7 @@ pub unsafe fn quantize_row(x: &[f32], out: RowOut<'_>) {
         out.ds[b] = scale * (lo + hi) as f32;
         out.half[2 * b] = lo as i16;
         out.half[2 * b + 1] = hi as i16;
+        out.centre8[b] = -8 * (lo + hi);
     }
 }
 

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 use super::act::{QuantRows, BLOCK};
 use super::avx2::assert_extents;
 use super::avx2_k::row_pairs;
-use super::pack::{TileQ2, TileQ3, TileQ4, TileQ5, TileQ6, TileQ8, Tiles, TILE};
+use super::pack::{Nibbles, TileQ2, TileQ3, TileQ5, TileQ6, TileQ8, Tiles, TILE};
 use super::run::WIDE;
 
 /// Rows `i0..i0 + R` of `act` times the tile blocks `a` and `b` (two tiles, `act.blocks()` blocks
@@ -28,7 +28,8 @@ pub unsafe fn tile_rows<const R: usize>(
 ) -> [[f32; WIDE]; R] {
     match tiles {
         Tiles::Q8(t) => q8_rows::<R>(&t[a], &t[b], act, i0),
-        Tiles::Q4(t) => q4_rows::<R>(&t[a], &t[b], act, i0),
+        Tiles::Q40(t) => q4_rows::<_, R>(&t[a], &t[b], act, i0),
+        Tiles::Q4(t) => q4_rows::<_, R>(&t[a], &t[b], act, i0),
         Tiles::Q5(t) => q5_rows::<R>(&t[a], &t[b], act, i0),
         Tiles::Q6(t) => q6_rows::<R>(&t[a], &t[b], act, i0),
         Tiles::Q3(t) => q3_rows::<R>(&t[a], &t[b], act, i0),
@@ -157,13 +158,14 @@ unsafe fn q8_rows<const MR: usize>(
     store(acc)
 }
 
-/// `acc + d · dx · s − m · Σx` for each row: the 4- and 5-bit types' block finish.
+/// `acc + d · dx · s − m · Σx` for each row: the 4- and 5-bit types' block finish (without `m`,
+/// for centred tiles whose offset is already in `s`: `acc + d · dx · s`).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn finish_offset<const MR: usize>(
     acc: &mut [__m512; MR],
     sums: [__m512i; MR],
-    (dw, mw): (__m512, __m512),
+    (dw, mw): (__m512, Option<__m512>),
     act: &QuantRows,
     at0: usize,
 ) {
@@ -171,17 +173,20 @@ unsafe fn finish_offset<const MR: usize>(
     for (i, (a, s)) in acc.iter_mut().zip(sums).enumerate() {
         let at = at0 + i * kb;
         let dx = _mm512_set1_ps(*act.d.get_unchecked(at));
-        let sx = _mm512_set1_ps(*act.ds.get_unchecked(at));
-        let t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), *a);
-        *a = _mm512_fnmadd_ps(mw, sx, t);
+        *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), *a);
+        if let Some(mw) = mw {
+            let sx = _mm512_set1_ps(*act.ds.get_unchecked(at));
+            *a = _mm512_fnmadd_ps(mw, sx, *a);
+        }
     }
 }
 
-/// Q4_0, Q4_1, Q4_K: nibbles (0..15); the offsets as `m · Σx`.
+/// Q4_0, Q4_1, Q4_K: nibbles (0..15); the offsets as `m · Σx`, or for Q4_0's centred tiles as
+/// `−8 · Σx` where the block's i32 sums start.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn q4_rows<const MR: usize>(
-    ta: &[TileQ4],
-    tb: &[TileQ4],
+unsafe fn q4_rows<T: Nibbles, const MR: usize>(
+    ta: &[T],
+    tb: &[T],
     act: &QuantRows,
     i0: usize,
 ) -> [[f32; WIDE]; MR] {
@@ -192,8 +197,13 @@ unsafe fn q4_rows<const MR: usize>(
     let xq = act.q.as_ptr();
     for (b, (wa, wb)) in ta.iter().zip(tb).enumerate() {
         let mut sums = [_mm512_setzero_si512(); MR];
+        if T::CENTRED {
+            for (i, s) in sums.iter_mut().enumerate() {
+                *s = _mm512_set1_epi32(*act.centre8.get_unchecked((i0 + i) * kb + b));
+            }
+        }
         for h in 0..4 {
-            let v = join(wa.qs.as_ptr().add(h * 32), wb.qs.as_ptr().add(h * 32));
+            let v = join(wa.qs().as_ptr().add(h * 32), wb.qs().as_ptr().add(h * 32));
             let lo = _mm512_and_si512(v, low);
             let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
             for (i, s) in sums.iter_mut().enumerate() {
@@ -202,8 +212,14 @@ unsafe fn q4_rows<const MR: usize>(
                 *s = _mm512_dpbusd_epi32(*s, hi, bcast(xp.add(16 + h * 4)));
             }
         }
-        let scales = (join_ps(&wa.d, &wb.d), join_ps(&wa.m, &wb.m));
-        finish_offset(&mut acc, sums, scales, act, i0 * kb + b);
+        let m = (!T::CENTRED).then(|| join_ps(wa.m(), wb.m()));
+        finish_offset(
+            &mut acc,
+            sums,
+            (join_ps(wa.d(), wb.d()), m),
+            act,
+            i0 * kb + b,
+        );
     }
     store(acc)
 }
@@ -239,7 +255,7 @@ unsafe fn q5_rows<const MR: usize>(
                 *s = _mm512_dpbusd_epi32(*s, hi, bcast(xp.add(16 + h * 4)));
             }
         }
-        let scales = (join_ps(&wa.d, &wb.d), join_ps(&wa.m, &wb.m));
+        let scales = (join_ps(&wa.d, &wb.d), Some(join_ps(&wa.m, &wb.m)));
         finish_offset(&mut acc, sums, scales, act, i0 * kb + b);
     }
     store(acc)

@@ -22,6 +22,7 @@ mod fused;
 pub mod op;
 pub mod pack;
 mod pack_low;
+mod pack_q4;
 mod pack_q5;
 mod pack_q6;
 mod portable;

@@ -7,10 +7,10 @@
 //! land lane-wise and no horizontal sums are needed.
 //!
 //! 4-bit types keep their nibbles: byte group `h` holds chunk `h` in the low nibbles and chunk
-//! `h + 4` in the high ones. Q4_0 (`d · (q − 8)`), Q4_1 (`d · q + m`) and Q4_K (`d·sc · q − dmin·m`
-//! per 32 values, the 6-bit scales unpacked here) all become `scale · q − min` with an f32 scale and
-//! min per row and block: 6 bits per weight in memory (GGML: 4.5 to 5), the price of one kernel
-//! without per-call unpacking. 5-bit types add a plane of high bits ([`super::pack_q5`]), Q6_K keeps
+//! `h + 4` in the high ones. Q4_1 (`d · q + m`) and Q4_K (`d·sc · q − dmin·m` per 32 values, the
+//! 6-bit scales unpacked here) become `scale · q − min` with an f32 scale and min per row and block:
+//! 6 bits per weight in memory (GGML: 4.5 to 5), the price of one kernel without per-call
+//! unpacking. Q4_0 (`d · (q − 8)`) keeps its offset in integers ([`super::pack_q4`]). 5-bit types add a plane of high bits ([`super::pack_q5`]), Q6_K keeps
 //! one byte a value with integer sub-scales ([`super::pack_q6`]), Q3_K and Q2_K bit planes with
 //! integer sub-scales ([`super::pack_low`]). A last partial tile is padded with zero rows.
 
@@ -18,6 +18,7 @@ use half::f16;
 
 use super::act::BLOCK;
 pub use super::pack_low::{TileQ2, TileQ3};
+pub use super::pack_q4::{Nibbles, TileQ40};
 pub use super::pack_q5::TileQ5;
 pub use super::pack_q6::TileQ6;
 
@@ -90,7 +91,9 @@ pub(super) fn plane_bit(qh: &[u8], r: usize, j: usize) -> u8 {
 pub enum Tiles {
     /// From GGML Q8_0.
     Q8(Vec<TileQ8>),
-    /// From GGML Q4_0, Q4_1 or Q4_K.
+    /// From GGML Q4_0, kept centred.
+    Q40(Vec<TileQ40>),
+    /// From GGML Q4_1 or Q4_K.
     Q4(Vec<TileQ4>),
     /// From GGML Q5_0, Q5_1 or Q5_K.
     Q5(Vec<TileQ5>),
@@ -152,9 +155,8 @@ const SUPPORTED: [candle_core::quantized::GgmlDType; 10] = {
 
 /// GGML Q8_0: f16 scale + 32 × i8.
 const Q8_0_BYTES: usize = 2 + BLOCK;
-/// GGML Q4_0: f16 scale + 16 bytes of nibbles (value `j` low nibble of byte `j`, `j + 16` high).
-const Q4_0_BYTES: usize = 2 + BLOCK / 2;
-/// GGML Q4_1: f16 scale, f16 offset + nibbles as Q4_0's.
+/// GGML Q4_1: f16 scale, f16 offset + 16 bytes of nibbles (value `j` low nibble of byte `j`,
+/// `j + 16` high).
 const Q4_1_BYTES: usize = 4 + BLOCK / 2;
 /// Values in a GGML Q4_K super-block.
 pub(super) const QK_K: usize = 256;
@@ -229,25 +231,6 @@ impl Packed {
         })
     }
 
-    /// Packs GGML Q4_0 bytes of an `[n, k]` matrix.
-    pub fn from_q4_0(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
-        let kb = check(bytes, n, k, BLOCK, Q4_0_BYTES, "Q4_0")?;
-        let tiles = pack4(n, kb, |row, b| {
-            let src = &bytes[(row * kb + b) * Q4_0_BYTES..][..Q4_0_BYTES];
-            let d = scale(src);
-            let mut q = [0u8; BLOCK];
-            for (j, v) in q.iter_mut().enumerate() {
-                *v = (src[2 + j % 16] >> (4 * (j / 16))) & 0x0F;
-            }
-            (d, 8.0 * d, q)
-        });
-        Ok(Self {
-            n,
-            k,
-            tiles: Tiles::Q4(tiles),
-        })
-    }
-
     /// Packs GGML Q4_1 bytes of an `[n, k]` matrix (`d · q + m`: the offset is stored negated).
     pub fn from_q4_1(bytes: &[u8], n: usize, k: usize) -> Result<Self, PackError> {
         let kb = check(bytes, n, k, BLOCK, Q4_1_BYTES, "Q4_1")?;
@@ -300,6 +283,7 @@ impl Packed {
     pub fn size_in_bytes(&self) -> usize {
         match &self.tiles {
             Tiles::Q8(t) => std::mem::size_of_val(t.as_slice()),
+            Tiles::Q40(t) => std::mem::size_of_val(t.as_slice()),
             Tiles::Q4(t) => std::mem::size_of_val(t.as_slice()),
             Tiles::Q5(t) => std::mem::size_of_val(t.as_slice()),
             Tiles::Q6(t) => std::mem::size_of_val(t.as_slice()),
@@ -321,6 +305,7 @@ impl Packed {
                 let tb = &tiles[t * kb + b];
                 tb.d[r] * tb.q(r, j) as f32 - tb.m[r]
             }
+            Tiles::Q40(tiles) => tiles[t * kb + b].get(r, j),
             Tiles::Q5(tiles) => tiles[t * kb + b].get(r, j),
             Tiles::Q6(tiles) => tiles[t * kb + b].get(r, j),
             Tiles::Q3(tiles) => tiles[t * kb + b].get(r, j),

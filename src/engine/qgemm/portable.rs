@@ -5,7 +5,7 @@
 //! own `q(r, j)` (the layout lives with the packer, not here).
 
 use super::act::{QuantRows, BLOCK};
-use super::pack::{f16_bits, TileQ2, TileQ3, TileQ4, TileQ5, TileQ6, TileQ8, TILE};
+use super::pack::{f16_bits, nibble, Nibbles, TileQ2, TileQ3, TileQ5, TileQ6, TileQ8, TILE};
 
 /// One activation row's share of a block.
 struct Block<'a> {
@@ -17,6 +17,8 @@ struct Block<'a> {
     ds: f32,
     /// `Σx` over values 0..16 and 16..32.
     half: [i32; 2],
+    /// `−8 · Σx`.
+    centre8: i32,
 }
 
 impl Block<'_> {
@@ -48,6 +50,7 @@ fn rows<T, const MR: usize>(
                 d: act.d[at],
                 ds: act.ds[at],
                 half: [act.half[2 * at] as i32, act.half[2 * at + 1] as i32],
+                centre8: act.centre8[at],
             };
             for (r, out) in outs.iter_mut().enumerate() {
                 *out += row(tb, &block, r);
@@ -65,11 +68,20 @@ pub fn q8_rows<const MR: usize>(tiles: &[TileQ8], act: &QuantRows, i0: usize) ->
     })
 }
 
-/// 4-bit tiles (Q4_0, Q4_1, Q4_K): unsigned values, the offsets taken off through the block sums.
-pub fn q4_rows<const MR: usize>(tiles: &[TileQ4], act: &QuantRows, i0: usize) -> [[f32; TILE]; MR] {
+/// 4-bit tiles (Q4_0, Q4_1, Q4_K): unsigned values, the offsets taken off through the block sums
+/// (Q4_0's centred tiles: `−8 · Σx` in integers).
+pub fn q4_rows<T: Nibbles, const MR: usize>(
+    tiles: &[T],
+    act: &QuantRows,
+    i0: usize,
+) -> [[f32; TILE]; MR] {
     rows(tiles, act, i0, |tb, x, r| {
-        let s = x.dot(|j| tb.q(r, j) as i32);
-        (s[0] + s[1]) as f32 * (tb.d[r] * x.d) - tb.m[r] * x.ds
+        let s = x.dot(|j| nibble(tb.qs(), r, j) as i32);
+        if T::CENTRED {
+            (s[0] + s[1] + x.centre8) as f32 * (tb.d()[r] * x.d)
+        } else {
+            (s[0] + s[1]) as f32 * (tb.d()[r] * x.d) - tb.m()[r] * x.ds
+        }
     })
 }
 

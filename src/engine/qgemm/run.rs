@@ -190,8 +190,13 @@ fn tile_rows<const R: usize>(
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
+        (Tiles::Q40(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
+            avx2::q4_rows::<_, R>(&tiles[blocks], act, i0)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         (Tiles::Q4(tiles), Kind::Avx2 | Kind::Avx512Vnni) => unsafe {
-            avx2::q4_rows::<R>(&tiles[blocks], act, i0)
+            avx2::q4_rows::<_, R>(&tiles[blocks], act, i0)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
@@ -214,7 +219,8 @@ fn tile_rows<const R: usize>(
             avx2_k::q2_rows::<R>(&tiles[blocks], act, i0)
         },
         (Tiles::Q8(tiles), _) => portable::q8_rows::<R>(&tiles[blocks], act, i0),
-        (Tiles::Q4(tiles), _) => portable::q4_rows::<R>(&tiles[blocks], act, i0),
+        (Tiles::Q40(tiles), _) => portable::q4_rows::<_, R>(&tiles[blocks], act, i0),
+        (Tiles::Q4(tiles), _) => portable::q4_rows::<_, R>(&tiles[blocks], act, i0),
         (Tiles::Q5(tiles), _) => portable::q5_rows::<R>(&tiles[blocks], act, i0),
         (Tiles::Q6(tiles), _) => portable::q6_rows::<R>(&tiles[blocks], act, i0),
         (Tiles::Q3(tiles), _) => portable::q3_rows::<R>(&tiles[blocks], act, i0),

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use super::act::{QuantRows, BLOCK};
 use super::avx2::{assert_extents, finish_offset, store};
 use super::avx2_k::{half_sums, q2_chunk, q3_chunk, row_pairs};
-use super::pack::{TileQ2, TileQ3, TileQ4, TileQ5, TileQ6, TileQ8, Tiles, TILE};
+use super::pack::{Nibbles, TileQ2, TileQ3, TileQ5, TileQ6, TileQ8, Tiles, TILE};
 
 /// Rows `i0..i0 + R` of `act` times the tile blocks `blocks` of `tiles`, on the kernel for their
 /// type.
@@ -28,7 +28,8 @@ pub unsafe fn tile_rows<const R: usize>(
 ) -> [[f32; TILE]; R] {
     match tiles {
         Tiles::Q8(t) => q8_rows::<R>(&t[blocks], act, i0),
-        Tiles::Q4(t) => q4_rows::<R>(&t[blocks], act, i0),
+        Tiles::Q40(t) => q4_rows::<_, R>(&t[blocks], act, i0),
+        Tiles::Q4(t) => q4_rows::<_, R>(&t[blocks], act, i0),
         Tiles::Q5(t) => q5_rows::<R>(&t[blocks], act, i0),
         Tiles::Q6(t) => q6_rows::<R>(&t[blocks], act, i0),
         Tiles::Q3(t) => q3_rows::<R>(&t[blocks], act, i0),
@@ -76,10 +77,11 @@ unsafe fn q8_rows<const MR: usize>(
     store(acc)
 }
 
-/// Q4_0, Q4_1, Q4_K: nibbles (0..15) straight into `vpdpbusd`; the offsets as `m · Σx`.
+/// Q4_0, Q4_1, Q4_K: nibbles (0..15) straight into `vpdpbusd`; the offsets as `m · Σx`, or for
+/// Q4_0's centred tiles as `−8 · Σx` where the block's i32 sums start.
 #[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn q4_rows<const MR: usize>(
-    tiles: &[TileQ4],
+unsafe fn q4_rows<T: Nibbles, const MR: usize>(
+    tiles: &[T],
     act: &QuantRows,
     i0: usize,
 ) -> [[f32; TILE]; MR] {
@@ -90,8 +92,13 @@ unsafe fn q4_rows<const MR: usize>(
     let xq = act.q.as_ptr();
     for (b, tb) in tiles.iter().enumerate() {
         let mut sums = [_mm256_setzero_si256(); MR];
+        if T::CENTRED {
+            for (i, s) in sums.iter_mut().enumerate() {
+                *s = _mm256_set1_epi32(*act.centre8.get_unchecked((i0 + i) * kb + b));
+            }
+        }
         for h in 0..4 {
-            let v = _mm256_load_si256(tb.qs.as_ptr().add(h * 32) as *const __m256i);
+            let v = _mm256_load_si256(tb.qs().as_ptr().add(h * 32) as *const __m256i);
             let lo = _mm256_and_si256(v, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
             for (i, s) in sums.iter_mut().enumerate() {
@@ -100,7 +107,8 @@ unsafe fn q4_rows<const MR: usize>(
                 *s = _mm256_dpbusd_avx_epi32(*s, hi, bcast(xp.add(16 + h * 4)));
             }
         }
-        finish_offset(&mut acc, sums, (&tb.d, &tb.m), act, i0 * kb + b);
+        let m = (!T::CENTRED).then(|| tb.m());
+        finish_offset(&mut acc, sums, (tb.d(), m), act, i0 * kb + b);
     }
     store(acc)
 }
@@ -135,7 +143,7 @@ unsafe fn q5_rows<const MR: usize>(
                 *s = _mm256_dpbusd_avx_epi32(*s, hi, bcast(xp.add(16 + h * 4)));
             }
         }
-        finish_offset(&mut acc, sums, (&tb.d, &tb.m), act, i0 * kb + b);
+        finish_offset(&mut acc, sums, (&tb.d, Some(&tb.m)), act, i0 * kb + b);
     }
     store(acc)
 }

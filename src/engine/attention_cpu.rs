@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 use super::attention_input::AttentionInput;
 use super::isa::Isa;
-use super::shared_out::Fresh;
+use super::shared_out::{Fresh, SharedMut};
 use super::softmax::softmax_row;
 use super::vecops::{self, QB};
 
@@ -72,6 +72,74 @@ fn query_block(
         softmax_row(&mut row[..computed], scale, isa);
     }
     vecops::values(isa, scores, rows, stride, head.v, hd, seen, out);
+}
+
+/// Each kv head's keys transposed (`[n_kv][hd × stride]`, zero past the `p + s` keys) and, where
+/// there is a prefix, its values as `[prefix | row]` (`[n_kv][(p + s) × hd]`; empty otherwise):
+/// the order one pass over the whole prompt holds, laid out once per call for all the pieces.
+fn lay_out_heads(
+    (pk, pv): (&[f32], &[f32]),
+    (rk, rv): (&[f32], &[f32]),
+    n_kv: usize,
+    (p, s, hd): (usize, usize, usize),
+    stride: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let width = p + s;
+    let mut kt = vec![0f32; n_kv * hd * stride];
+    let mut v = vec![0f32; if p > 0 { n_kv * width * hd } else { 0 }];
+    let (kt_out, v_out) = (SharedMut::new(&mut kt), SharedMut::new(&mut v));
+    candle_core::utils::barrier_pool().execute_chunked(n_kv, |heads| {
+        for h in heads {
+            let (pkh, rkh) = (
+                &pk[h * p * hd..(h + 1) * p * hd],
+                &rk[h * s * hd..(h + 1) * s * hd],
+            );
+            // SAFETY: head h's parts are laid out by this closure call only (each head index is
+            // handed to one call), so no two live parts overlap.
+            let kt_h = unsafe { kt_out.part(h * hd * stride, hd * stride) };
+            transpose_keys(
+                pkh.chunks_exact(hd).chain(rkh.chunks_exact(hd)),
+                hd,
+                stride,
+                kt_h,
+            );
+            if p > 0 {
+                // SAFETY: as above.
+                let v_h = unsafe { v_out.part(h * width * hd, width * hd) };
+                v_h[..p * hd].copy_from_slice(&pv[h * p * hd..(h + 1) * p * hd]);
+                v_h[p * hd..].copy_from_slice(&rv[h * s * hd..(h + 1) * s * hd]);
+            }
+        }
+    });
+    (kt, v)
+}
+
+/// Keys `j = 0, 1, …` (each `hd` long) into `kt` transposed: `kt[c * stride + j] = key_j[c]`.
+/// Eight keys at a time, so each write is a run of eight along a `kt` row rather than one value
+/// per row (a new cache line each) per key.
+fn transpose_keys<'a>(
+    keys: impl Iterator<Item = &'a [f32]>,
+    hd: usize,
+    stride: usize,
+    kt: &mut [f32],
+) {
+    let mut group: [&[f32]; 8] = [&[]; 8];
+    let mut keys = keys.peekable();
+    let mut j0 = 0;
+    while keys.peek().is_some() {
+        let mut n = 0;
+        for (slot, key) in group.iter_mut().zip(keys.by_ref()) {
+            *slot = key;
+            n += 1;
+        }
+        for c in 0..hd {
+            let run = &mut kt[c * stride + j0..][..n];
+            for (d, key) in run.iter_mut().zip(&group[..n]) {
+                *d = key[c];
+            }
+        }
+        j0 += n;
+    }
 }
 
 /// The attention output token-major, `[t, n_heads · head_dim]` with query head `h` at columns
@@ -136,36 +204,20 @@ pub fn attend(inp: &AttentionInput) -> Result<Tensor> {
     // so heads alone leave a thread idle for a whole head's time. Every query's arithmetic is its
     // own, so how the queries are split changes no bit.
     let blocks = gt.div_ceil(QUERY_PIECE);
+    let (kt_all, v_all) = lay_out_heads((pk_s, pv_s), (rk_s, rv_s), n_kv, (p, s, hd), stride);
     candle_core::utils::barrier_pool().execute_chunked(n_kv * blocks, |pieces| {
         let mut scores = vec![f32::NEG_INFINITY; QB * stride];
-        let mut kt = vec![0f32; hd * stride];
-        let mut vbuf = Vec::with_capacity(if p > 0 { width * hd } else { 0 });
-        let mut laid = None;
         let (mut block_out, mut w) = (vec![0f32; QB * hd], out.writer());
         for piece in pieces {
             let (h, b) = (piece / blocks, piece % blocks);
-            let rkh = &rk_s[h * s * hd..(h + 1) * s * hd];
-            let rvh = &rv_s[h * s * hd..(h + 1) * s * hd];
-            // Keys and values as [prefix | row], the order one pass over the whole prompt holds;
-            // laid out once for the consecutive pieces of one head.
-            if laid != Some(h) {
-                let pkh = &pk_s[h * p * hd..(h + 1) * p * hd];
-                for (j, key) in pkh.chunks_exact(hd).chain(rkh.chunks_exact(hd)).enumerate() {
-                    for (c, x) in key.iter().enumerate() {
-                        kt[c * stride + j] = *x;
-                    }
-                }
-                if p > 0 {
-                    vbuf.clear();
-                    vbuf.extend_from_slice(&pv_s[h * p * hd..(h + 1) * p * hd]);
-                    vbuf.extend_from_slice(rvh);
-                }
-                laid = Some(h);
-            }
             let head = Head {
                 q: &q_s[h * gt * hd..(h + 1) * gt * hd],
-                kt: &kt,
-                v: if p > 0 { &vbuf } else { rvh },
+                kt: &kt_all[h * hd * stride..(h + 1) * hd * stride],
+                v: if p > 0 {
+                    &v_all[h * width * hd..(h + 1) * width * hd]
+                } else {
+                    &rv_s[h * s * hd..(h + 1) * s * hd]
+                },
                 hd,
                 p,
                 stride,

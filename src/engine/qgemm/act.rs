@@ -115,6 +115,13 @@ impl QuantRows {
 
 fn quantize_row(x: &[f32], out: RowOut<'_>, isa: Isa) {
     #[cfg(target_arch = "x86_64")]
+    if isa.is_avx512() {
+        // SAFETY: an AVX-512 `Isa` exists only after run-time detection of AVX-512 F and BW
+        // (`engine::isa`); the kernel reads and writes through bounds-checked slices.
+        unsafe { wide::quantize_row(x, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa.is_avx2() {
         // SAFETY: an AVX2 `Isa` exists only after run-time detection (`engine::isa`); the kernel
         // reads and writes through bounds-checked slices.
@@ -141,6 +148,54 @@ fn quantize_row(x: &[f32], out: RowOut<'_>, isa: Isa) {
         out.half[2 * b] = sum[0] as i16;
         out.half[2 * b + 1] = sum[1] as i16;
         out.centre8[b] = -8 * (sum[0] + sum[1]);
+    }
+}
+
+/// The quantiser on 512-bit vectors: a block is two vectors, each one half of the block.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::*;
+
+    use super::{RowOut, BLOCK};
+
+    /// One row of activations to 8-bit blocks, the same numbers as the portable code: the same
+    /// maximum (exact in any order), scale, reciprocal, rounding (ties to even) and clamp per
+    /// value; the half sums are exact integers.
+    ///
+    /// # Safety
+    /// AVX-512 F and BW. (Every read and write goes through a bounds-checked slice or
+    /// `chunks_exact`.)
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_row(x: &[f32], out: RowOut<'_>) {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let (lim, neg) = (_mm512_set1_ps(127.0), _mm512_set1_ps(-127.0));
+        for (b, (xb, qb)) in x
+            .chunks_exact(BLOCK)
+            .zip(out.q.chunks_exact_mut(BLOCK))
+            .enumerate()
+        {
+            let v = [
+                _mm512_loadu_ps(xb.as_ptr()),
+                _mm512_loadu_ps(xb[16..].as_ptr()),
+            ];
+            let amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+            let scale = amax / 127.0;
+            let inv = _mm512_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let r = v.map(|vi| {
+                let t = _mm512_roundscale_ps::<NEAREST>(_mm512_mul_ps(vi, inv));
+                _mm512_cvtps_epi32(_mm512_max_ps(_mm512_min_ps(t, lim), neg))
+            });
+            let (lo, hi) = (_mm512_reduce_add_epi32(r[0]), _mm512_reduce_add_epi32(r[1]));
+            let (q0, q1) = qb.split_at_mut(16);
+            _mm_storeu_si128(q0.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(r[0]));
+            _mm_storeu_si128(q1.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(r[1]));
+            out.d[b] = scale;
+            out.ds[b] = scale * (lo + hi) as f32;
+            out.half[2 * b] = lo as i16;
+            out.half[2 * b + 1] = hi as i16;
+            out.centre8[b] = -8 * (lo + hi);
+        }
     }
 }
 
@@ -186,6 +241,24 @@ mod tests {
         let k = 256;
         // Halves on purpose: ties must go the same way.
         let x: Vec<f32> = (0..3 * k).map(|i| (i as f32 - 300.0) * 0.5).collect();
+        assert_eq!(
+            QuantRows::quantize(&x, 3, k, isa),
+            QuantRows::quantize(&x, 3, k, Isa::portable())
+        );
+    }
+
+    #[test]
+    fn the_512_bit_rounding_equals_portable_rounding() {
+        let Some(isa) = Isa::avx512_vnni() else {
+            eprintln!("skipped: no AVX-512 on this CPU, so no 512-bit rounding to compare");
+            return;
+        };
+        let k = 256;
+        // Halves (ties), a zero block, and blocks whose largest value sits in either half.
+        let mut x: Vec<f32> = (0..3 * k).map(|i| (i as f32 - 300.0) * 0.5).collect();
+        x[k..k + BLOCK].fill(0.0);
+        x[2 * k + 3] = -1000.0;
+        x[2 * k + BLOCK + 20] = 999.5;
         assert_eq!(
             QuantRows::quantize(&x, 3, k, isa),
             QuantRows::quantize(&x, 3, k, Isa::portable())
